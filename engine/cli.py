@@ -1,0 +1,88 @@
+"""`rlaifv`: one entry point whose commands are the jobs (jobs/*.py) plus small utilities."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+import click
+
+from engine.config import ConfigError, config_to_toml, load_config
+
+# Shared by every job: the config file and its --set overrides.
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default="configs/smoke.toml",
+    show_default=True,
+    help="TOML run config (see configs/ and engine/config.py for every key).",
+)
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override one config value, e.g. --set sample.n=4 --set train.beta=0.2 (repeatable).",
+)
+
+
+def load_or_exit(config_path: str | None, overrides: tuple[str, ...]):
+    """Load the config or stop with the config error as the only message (no traceback)."""
+    try:
+        return load_config(config_path, overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+# Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
+# imports (ray, torch, deepspeed) happen only when that job runs.
+JOBS = ("iterate", "generate", "train", "bon", "evaluate")
+
+
+class _JobGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self._available_jobs()))
+
+    def get_command(self, ctx, name):
+        if name in self._available_jobs():
+            return importlib.import_module(f"jobs.{name}").main
+        return super().get_command(ctx, name)
+
+    @staticmethod
+    def _available_jobs():
+        return [job for job in JOBS if importlib.util.find_spec(f"jobs.{job}") is not None]
+
+
+@click.group(cls=_JobGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """RLAIF-V engine: AI-feedback preference data for multimodal models, and DPO on it."""
+
+
+@main.group()
+def config() -> None:
+    """Inspect run configs."""
+
+
+@config.command("show")
+@config_option
+@set_option
+def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
+    """Print the complete config (every key, defaults filled in) after overrides."""
+    click.echo(config_to_toml(load_or_exit(config_path, overrides)), nl=False)
+
+
+@main.group()
+def models() -> None:
+    """Tiny random-weight models for tests and the embedded default."""
+
+
+@models.command("build")
+@click.argument("names", nargs=-1)
+@click.option("--cache-dir", default=".cache/tiny-models", show_default=True, help="Where to build.")
+def models_build(names: tuple[str, ...], cache_dir: str) -> None:
+    """Build tiny models (default: tiny:llava and tiny:llm) offline and print their paths."""
+    from engine.tiny_models import resolve_model_path
+
+    for name in names or ("tiny:llava", "tiny:llm"):
+        click.echo(f"{name}\t{resolve_model_path(name, cache_dir)}")

@@ -1,0 +1,252 @@
+"""The run configuration: msgspec Structs loaded strictly from TOML.
+
+Every default of ../shared/ALGORITHMS.md lives here as a field, not as a constant in code.
+Decoding is strict: an unknown (misspelt) key or a wrong type is an error naming the key and
+the file. Nothing in a config is ever executed.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
+    pass
+
+
+class ModelConfig(_Strict):
+    """One model and how to run it. `path` is a local/fsspec directory or `tiny:<name>`,
+    a random-weight model built offline on demand (see engine.tiny_models)."""
+
+    path: str
+    backend: Literal["hf", "vllm"] = "hf"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_model_len: int = 2048
+    # vLLM only: share of GPU memory for weights + KV cache, and tensor parallel degree.
+    gpu_memory_utilization: float = 0.85
+    tensor_parallel_size: int = 1
+
+
+class ModelsConfig(_Strict):
+    policy: ModelConfig = ModelConfig(path="tiny:llava")
+    labeler: ModelConfig = ModelConfig(path="tiny:llava")
+    splitter: ModelConfig = ModelConfig(path="tiny:llm")
+    # Where `tiny:` models are built and cached.
+    cache_dir: str = ".cache/tiny-models"
+
+
+class Resources(_Strict):
+    """The actor pool of one stage. Ray autoscales it between min and max actors."""
+
+    min_actors: int = 1
+    max_actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    # Ray accelerator type (e.g. "A100"): schedules the stage only on such nodes.
+    accelerator_type: str | None = None
+    batch_size: int = 8
+
+
+class RunConfig(_Strict):
+    name: str = "smoke"
+    seed: int = 0
+    iterations: int = 2
+    # Local path or fsspec URL; the run lives in <output_dir>/<name>/.
+    output_dir: str = "runs"
+
+
+class InputConfig(_Strict):
+    """Instruction rows: id, prompt, and image (bytes) or image_uri; JSONL or Parquet."""
+
+    path: str = "data/smoke/instructions.parquet"
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    # Read at most this many rows (0 = all).
+    limit: int = 0
+
+
+class RayConfig(_Strict):
+    # "" joins the cluster named by RAY_ADDRESS (as under `ray job submit`) or starts a local one.
+    address: str = ""
+    # Caps for a local cluster only; a joined cluster keeps its own resources.
+    num_cpus: int = 0
+    object_store_mb: int = 512
+
+
+class ValidateConfig(_Strict):
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    max_prompt_chars: int = 4000
+
+
+class SampleConfig(_Strict):
+    """Deconfounded sampling (ALGORITHMS.md 1): n answers, same decoding, different seeds."""
+
+    n: int = 10
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    resources: Resources = Resources()
+
+
+class SplitConfig(_Strict):
+    """Divide (ALGORITHMS.md 2): answer -> atomic claims -> yes/no questions."""
+
+    temperature: float = 0.2
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    max_claims: int = 16
+    max_claim_chars: int = 200
+    # Unparseable splitter output is retried this many times, then diverted to rejects/.
+    max_retries: int = 2
+    resources: Resources = Resources()
+
+
+class ScoreConfig(_Strict):
+    """Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) per question."""
+
+    question_suffix: str = " Please answer yes or no."
+    resources: Resources = Resources()
+
+
+class PairConfig(_Strict):
+    """Combine (ALGORITHMS.md 4) plus the policy's reference log-probs of each pair."""
+
+    min_score_gap: int = 1
+    pairs_per_instruction: int = 2
+    length_balance: bool = True
+    balance_ratio_step: float = 0.02
+    resources: Resources = Resources()
+
+
+class TrainConfig(_Strict):
+    """DPO / DDPO (ALGORITHMS.md 5-6) run by Ray Train over DeepSpeed."""
+
+    loss: Literal["dpo", "ddpo"] = "dpo"
+    beta: float = 0.1
+    gamma: float = 5.0
+    learning_rate: float = 5e-7
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    epochs: int = 1
+    micro_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    max_length: int = 2048
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradient_checkpointing: bool = True
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    accelerator_type: str | None = None
+    # Save a DeepSpeed checkpoint every this many optimizer steps (0 = only at the end).
+    checkpoint_every_steps: int = 0
+
+
+class Config(_Strict):
+    run: RunConfig = RunConfig()
+    input: InputConfig = InputConfig()
+    ray: RayConfig = RayConfig()
+    models: ModelsConfig = ModelsConfig()
+    validate: ValidateConfig = ValidateConfig()
+    sample: SampleConfig = SampleConfig()
+    split: SplitConfig = SplitConfig()
+    score: ScoreConfig = ScoreConfig()
+    pair: PairConfig = PairConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b.c=value` -> (["a","b","c"], value). The value is read as a TOML value
+    (numbers, booleans, quoted strings, arrays); anything else is taken as a bare string."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def _apply_override(data: dict, keys: list[str], value: Any, text: str) -> None:
+    node = data
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {text!r}: {key!r} is a value, not a table")
+        node = child
+    node[keys[-1]] = value
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    try:
+        return msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+
+
+def _readable(message: str) -> str:
+    # msgspec says `$.sample.n`; users write sample.n.
+    return message.replace("`$.", "`").replace("`$`", "the top level")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a TOML config (defaults only when `path` is None) and apply `--set` overrides."""
+    data: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {source} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, text)
+    if overrides:
+        source += " with --set " + " ".join(overrides)
+    return config_from_dict(data, source)
+
+
+def config_to_dict(config: Config) -> dict:
+    return msgspec.to_builtins(config)
+
+
+def config_to_toml(config: Config) -> str:
+    """A complete TOML rendering (every field), e.g. for `rlaifv config show`."""
+    return _toml_tables(config_to_dict(config), [])
+
+
+def _toml_tables(data: dict, prefix: list[str]) -> str:
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    out = ""
+    if scalars:
+        if prefix:
+            out += f"[{'.'.join(prefix)}]\n"
+        out += "".join(f"{k} = {_toml_value(v)}\n" for k, v in scalars.items()) + "\n"
+    for key, table in tables.items():
+        out += _toml_tables(table, prefix + [key])
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return msgspec.json.encode(value).decode()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

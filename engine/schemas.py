@@ -1,0 +1,79 @@
+"""Arrow schemas of everything the engine writes, defined once.
+
+The writer, the loader in `train/` and the tests all import these. Pair columns use TRL's
+names where TRL has one (`prompt`, `chosen`, `rejected`, `images`, `ref_chosen_logps`,
+`ref_rejected_logps`) so the shards also train in TRL's DPOTrainer without conversion.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# Input: one row per (image, instruction). Exactly one of image / image_uri is set.
+# `objects` is optional ground truth (synthetic scenes, evaluation sets).
+INSTRUCTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+        pa.field("objects", pa.list_(pa.string())),
+    ]
+)
+
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("pair_id", pa.string(), nullable=False),
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("iteration", pa.int32(), nullable=False),
+        pa.field("images", pa.list_(pa.binary()), nullable=False),
+        pa.field("prompt", pa.string(), nullable=False),
+        pa.field("chosen", pa.string(), nullable=False),
+        pa.field("rejected", pa.string(), nullable=False),
+        pa.field("chosen_score", pa.int32(), nullable=False),
+        pa.field("rejected_score", pa.int32(), nullable=False),
+        pa.field("chosen_n_claims", pa.int32(), nullable=False),
+        pa.field("rejected_n_claims", pa.int32(), nullable=False),
+        pa.field("ref_chosen_logps", pa.float64(), nullable=False),
+        pa.field("ref_rejected_logps", pa.float64(), nullable=False),
+        pa.field("policy_id", pa.string(), nullable=False),
+        pa.field("chosen_seed", pa.int64(), nullable=False),
+        pa.field("rejected_seed", pa.int64(), nullable=False),
+    ]
+)
+
+# A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
+REJECT_SCHEMA = pa.schema(
+    [
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("iteration", pa.int32(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("answer_index", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string()),
+    ]
+)
+
+# One row per instruction processed (rows/ in an iteration's staging area): what happened to
+# it. Its presence marks the instruction done, and the iteration summary is computed from it.
+INSTRUCTION_STATS_SCHEMA = pa.schema(
+    [
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("reject_stage", pa.string()),
+        pa.field("reject_reason", pa.string()),
+        pa.field("n_answers", pa.int32(), nullable=False),
+        pa.field("n_answers_parsed", pa.int32(), nullable=False),
+        pa.field("n_claims", pa.int32(), nullable=False),
+        pa.field("n_claims_rejected", pa.int32(), nullable=False),
+        pa.field("answer_tokens", pa.int64(), nullable=False),
+        pa.field("n_pairs", pa.int32(), nullable=False),
+        pa.field("dropped_gap", pa.int32(), nullable=False),
+        pa.field("dropped_equal_text", pa.int32(), nullable=False),
+        pa.field("dropped_cap", pa.int32(), nullable=False),
+        pa.field("seconds_sample", pa.float64(), nullable=False),
+        pa.field("seconds_split", pa.float64(), nullable=False),
+        pa.field("seconds_score", pa.float64(), nullable=False),
+        pa.field("seconds_pair", pa.float64(), nullable=False),
+    ]
+)
