@@ -1,0 +1,279 @@
+"""Tiny random-weight models of the real families, built offline and deterministically.
+
+Tests and the smoke config need a LLaVA-style MLLM and a Llama-style LLM without downloading
+weights. These are a few MB, load with the transformers Auto classes and in vLLM, and share a
+byte-level BPE tokenizer trained on the synthetic world's vocabulary, so scene words and the
+claim JSON cost few tokens and every yes/no answer word is a single token.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
+
+from engine import vocabulary
+
+SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
+IMAGE_TOKEN = "<image>"
+# The words the labeler's yes/no probabilities are read from; each must be one token.
+YES_NO_WORDS = ("yes", " yes", "Yes", " Yes", "no", " no", "No", " No")
+
+# LLaVA-1.5 conversation format: "<s>USER: <image>\n{text} ASSISTANT: {answer}</s>".
+# Content is a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts;
+# images are written first, as LLaVA was trained. transformers renders with trim_blocks, so
+# every literal newline is an expression. <s> comes from here, not from the tokenizer.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    "{%- if message['content'] is string -%}"
+    "{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
+    "{%- else -%}"
+    "{%- set parts = message['content'] -%}"
+    "{%- endif -%}"
+    "{%- set text = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{{ text + ' ' }}"
+    "{%- elif message['role'] == 'user' -%}"
+    "{{ 'USER: ' }}"
+    "{%- for part in parts if part['type'] == 'image' -%}{{ '<image>' + '\\n' }}{%- endfor -%}"
+    "{{ text + ' ' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{{ 'ASSISTANT: ' + text + eos_token }}"
+    "{%- else -%}"
+    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
+)
+
+# Vision geometry: (32 / 8)^2 = 16 patches per image; the CLS token is dropped ("default").
+IMAGE_SIZE = 32
+PATCH_SIZE = 8
+IMAGE_TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
+# Covers the default max_model_len of engine.config.ModelConfig.
+MAX_POSITIONS = 2048
+
+TINY_PREFIX = "tiny:"
+
+
+def _corpus() -> list[str]:
+    """Sentences of the synthetic world, claim JSON as the splitter writes it (with and
+    without spaces), and every word alone with and without a leading space; the BPE trainer
+    then merges each word and JSON delimiter into a single token."""
+    colours, shapes, plurals = list(vocabulary.COLOURS), vocabulary.SHAPES, vocabulary.PLURALS
+    sentences = ["USER: Describe the image. ASSISTANT: Yes"]
+    for colour in colours:
+        for shape in shapes:
+            sentences += [f"There is a {colour} {shape} in the {p}." for p in vocabulary.POSITIONS]
+            sentences.append(f"Are there two {colour} {plurals[shape]}? Please answer yes or no.")
+            one, two = f"a {colour} {shape}", f"two {plurals[shape]}"
+            claims = {"claims": [
+                {"fact": f"The image shows {one}.", "question": f"Is there {one}?"},
+                {"fact": f"There are {two}.", "question": f"Are there {two}?"},
+            ]}
+            sentences += [json.dumps(claims), json.dumps(claims, separators=(",", ":"))]
+    sentences += [json.dumps({"claims": []}), json.dumps({"claims": []}, separators=(",", ":"))]
+    words = {*vocabulary.COMMON_WORDS, *colours, *shapes, *plurals.values(), "USER", "ASSISTANT"}
+    words |= {word for position in vocabulary.POSITIONS for word in position.split()}
+    words |= {word.capitalize() for word in words}
+    for word in sorted(words):
+        sentences += [word, " " + word]
+    return sentences
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """The shared tokenizer: byte-level BPE (any text still encodes) with the chat template.
+    It adds no special tokens itself, so <s> is never doubled on any encoding path."""
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=4096,  # more than the corpus can fill: every corpus word is fully merged
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=MAX_POSITIONS,
+    )
+    for word in YES_NO_WORDS:
+        ids = tokenizer.encode(word, add_special_tokens=False)
+        if len(ids) != 1:
+            raise RuntimeError(f"tiny tokenizer: {word!r} must be a single token, got {ids}")
+    return tokenizer
+
+
+def _text_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    # 2 heads over 128 dims with 1 KV head: head_dim 64, as vLLM's CPU attention needs (>= 32).
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=MAX_POSITIONS,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _save_seeded_model(
+    model_class: type[PreTrainedModel],
+    config: PreTrainedConfig,
+    tokenizer: PreTrainedTokenizerFast,
+    seed: int,
+    out: Path,
+) -> None:
+    """Initialise from `seed` (leaving the caller's global RNG alone) and save, with a
+    generation config that makes generate() stop on </s>."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_class(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out)
+
+
+def _rename_vision_keys_for_vllm(weights: Path) -> None:
+    """transformers 5 saves the CLIP tower as vision_tower.*; vLLM 0.32 only loads
+    vision_tower.vision_model.*, which transformers also reads back."""
+    state = load_file(weights)
+    renamed = {
+        ("vision_tower.vision_model." + key.removeprefix("vision_tower.")
+         if key.startswith("vision_tower.") and not key.startswith("vision_tower.vision_model.")
+         else key): tensor
+        for key, tensor in state.items()
+    }
+    save_file(renamed, weights, metadata={"format": "pt"})
+
+
+def build_tiny_mllm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """A LLaVA MLLM (CLIP vision tower + Llama LM) with its processor; returns out_dir."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer()
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=PATCH_SIZE,
+            projection_dim=64,
+        ),
+        text_config=_text_config(tokenizer),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=IMAGE_TOKENS_PER_IMAGE,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+    )
+    _save_seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed, out)
+    _rename_vision_keys_for_vllm(out / "model.safetensors")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(
+            size={"shortest_edge": IMAGE_SIZE},
+            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        ),
+        tokenizer=tokenizer,
+        patch_size=PATCH_SIZE,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
+        chat_template=CHAT_TEMPLATE,
+    )
+    processor.save_pretrained(out)
+    return out
+
+
+def build_tiny_llm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """A Llama text LM (the claim splitter) with the shared tokenizer; returns out_dir."""
+    out = Path(out_dir)
+    tokenizer = build_tokenizer()
+    _save_seeded_model(LlamaForCausalLM, _text_config(tokenizer), tokenizer, seed, out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+_BUILDERS = {"llava": build_tiny_mllm, "llm": build_tiny_llm}
+
+
+def _build_digest() -> str:
+    """Changes whenever the code that shapes the models does, so a cache built by older code
+    (or another transformers) is never served."""
+    digest = hashlib.sha256(transformers.__version__.encode())
+    for source in (__file__, vocabulary.__file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def _parse_tiny_name(path: str) -> tuple[str, int]:
+    match = re.fullmatch(r"tiny:(\w+)(?:@(\d+))?", path, flags=re.ASCII)
+    if match is None or match[1] not in _BUILDERS:
+        known = ", ".join(f"{TINY_PREFIX}{name}[@<seed>]" for name in _BUILDERS)
+        raise ValueError(f"unknown tiny model {path!r}; known: {known}")
+    return match[1], int(match[2] or 0)
+
+
+def resolve_model_path(path: str, cache_dir: str) -> str:
+    """A local model directory for `path`: "tiny:llava" / "tiny:llm" (optionally "@<seed>")
+    are built once under cache_dir; anything else is returned unchanged.
+
+    Several processes (Ray actors) may resolve at once: one builds under a file lock into a
+    staging directory and renames it into place, so a visible directory is always complete.
+    """
+    if not path.startswith(TINY_PREFIX):
+        return path
+    name, seed = _parse_tiny_name(path)
+    root = Path(cache_dir).resolve()
+    target = root / f"{name}-seed{seed}-{_build_digest()}"
+    if target.is_dir():
+        return str(target)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not target.is_dir():
+            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}."))
+            try:
+                _BUILDERS[name](staging, seed)
+                staging.chmod(0o755)
+                os.rename(staging, target)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+    return str(target)
