@@ -1,0 +1,1 @@
+"""Pipeline stages: callables for Ray Data's map_batches, one module each."""
