@@ -1,0 +1,82 @@
+"""The in-flight row: one row per instruction, carried from reading to writing.
+
+Stages add columns to it (answers, claims, probabilities, scores, pairs) instead of exploding
+rows, so the pipeline streams without a group-by. Every stage batch is converted with this one
+schema, so batches from different actors always concatenate (no inferred `list<null>` types).
+A row diverted by any stage keeps flowing with `reject_reason` set; later stages pass it on.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import pyarrow as pa
+
+from engine.schemas import INSTRUCTION_SCHEMA
+
+ANSWER_REJECT = pa.struct(
+    [("answer_index", pa.int32()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string())]
+)
+PAIR_REF = pa.struct(
+    [
+        ("chosen", pa.int32()),
+        ("rejected", pa.int32()),
+        ("ref_chosen_logps", pa.float64()),
+        ("ref_rejected_logps", pa.float64()),
+    ]
+)
+STAGES = ("sample", "split", "score", "pair")
+
+FLIGHT_SCHEMA = pa.schema(
+    list(INSTRUCTION_SCHEMA)
+    + [
+        pa.field("reject_stage", pa.string()),
+        pa.field("reject_reason", pa.string()),
+        pa.field("reject_detail", pa.string()),
+        pa.field("answers", pa.list_(pa.string())),
+        pa.field("answer_seeds", pa.list_(pa.int64())),
+        pa.field("answer_tokens", pa.list_(pa.int32())),
+        # Per answer: null when its claims could not be parsed (see answer_rejects).
+        pa.field("facts", pa.list_(pa.list_(pa.string()))),
+        pa.field("questions", pa.list_(pa.list_(pa.string()))),
+        pa.field("answer_rejects", pa.list_(ANSWER_REJECT)),
+        pa.field("p_yes", pa.list_(pa.list_(pa.float64()))),
+        pa.field("p_no", pa.list_(pa.list_(pa.float64()))),
+        pa.field("scores", pa.list_(pa.int32())),
+        pa.field("n_claims", pa.list_(pa.int32())),
+        pa.field("pairs", pa.list_(PAIR_REF)),
+        pa.field("dropped_gap", pa.int32()),
+        pa.field("dropped_equal_text", pa.int32()),
+        pa.field("dropped_cap", pa.int32()),
+    ]
+    # Busy seconds each stage spent on this row (its batch time shared over the batch's rows).
+    + [pa.field(f"seconds_{stage}", pa.float64()) for stage in STAGES]
+)
+
+
+def to_rows(batch: pa.Table) -> list[dict]:
+    return batch.to_pylist()
+
+
+def to_table(rows: list[dict]) -> pa.Table:
+    """Rows (missing columns allowed) -> a table with exactly FLIGHT_SCHEMA."""
+    return pa.Table.from_pylist(rows, schema=FLIGHT_SCHEMA)
+
+
+def is_live(row: dict) -> bool:
+    return row.get("reject_reason") is None
+
+
+def divert(row: dict, stage: str, reason: str, detail: str) -> None:
+    row.update(reject_stage=stage, reject_reason=reason, reject_detail=detail)
+
+
+@contextmanager
+def timed(rows: list[dict], stage: str):
+    """Share the wall time of one stage batch over its rows (for per-stage throughput)."""
+    start = time.perf_counter()
+    yield
+    share = (time.perf_counter() - start) / max(len(rows), 1)
+    for row in rows:
+        row[f"seconds_{stage}"] = share

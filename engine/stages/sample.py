@@ -1,0 +1,37 @@
+"""Deconfounded sampling (ALGORITHMS.md 1): n answers per instruction from the policy, same
+decoding parameters, each with its own seed derived from (run seed, iteration, id, j)."""
+
+from __future__ import annotations
+
+from engine.backends.base import Prompt, SamplingParams
+from engine.config import ModelConfig, SampleConfig
+from engine.seeds import derive_seed
+from engine.stages.base import ModelStage, row_image
+
+
+class SampleStage(ModelStage):
+    stage = "sample"
+
+    def __init__(self, model_cfg: ModelConfig, sample_cfg: SampleConfig, cache_dir: str,
+                 run_name: str, run_seed: int, iteration: int):
+        super().__init__(model_cfg, cache_dir, run_name, iteration)
+        self.cfg = sample_cfg
+        self.run_seed = run_seed
+        self.params = SamplingParams(
+            temperature=sample_cfg.temperature, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens
+        )
+
+    def answer_seeds(self, instruction_id: str) -> list[int]:
+        return [derive_seed(self.run_seed, self.iteration, instruction_id, j) for j in range(self.cfg.n)]
+
+    def process(self, rows: list[dict]) -> None:
+        prompts = [Prompt(image=row_image(row), text=row["prompt"]) for row in rows]
+        seeds = [self.answer_seeds(row["id"]) for row in rows]
+        for row, completions in zip(rows, self.backend.sample(prompts, seeds, self.params)):
+            row["answers"] = [c.text for c in completions]
+            row["answer_seeds"] = [c.seed for c in completions]
+            row["answer_tokens"] = [c.n_tokens for c in completions]
+        self.metrics.add(
+            answers=sum(len(row["answers"]) for row in rows),
+            tokens=sum(sum(row["answer_tokens"]) for row in rows),
+        )

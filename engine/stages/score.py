@@ -1,0 +1,36 @@
+"""Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) for every question of every answer.
+All questions of one instruction go to the backend together: they share the image prefix,
+which the backends compute once."""
+
+from __future__ import annotations
+
+from engine.claims import labeler_question
+from engine.config import ModelConfig, ScoreConfig
+from engine.stages.base import ModelStage, row_image
+
+
+class ScoreStage(ModelStage):
+    stage = "score"
+
+    def __init__(self, model_cfg: ModelConfig, score_cfg: ScoreConfig, cache_dir: str,
+                 run_name: str, iteration: int):
+        super().__init__(model_cfg, cache_dir, run_name, iteration)
+        self.cfg = score_cfg
+
+    def process(self, rows: list[dict]) -> None:
+        n_questions = 0
+        for row in rows:
+            per_answer = row["questions"]
+            flat = [labeler_question(q, self.cfg.question_suffix) for qs in per_answer if qs for q in qs]
+            probs = iter(self.backend.score_yes_no(row_image(row), flat) if flat else [])
+            row["p_yes"], row["p_no"] = [], []
+            for qs in per_answer:
+                if qs is None:  # the splitter could not parse this answer: it is not scored
+                    row["p_yes"].append(None)
+                    row["p_no"].append(None)
+                    continue
+                answer_probs = [next(probs) for _ in qs]
+                row["p_yes"].append([p for p, _ in answer_probs])
+                row["p_no"].append([p for _, p in answer_probs])
+            n_questions += len(flat)
+        self.metrics.add(questions=n_questions, tokens=n_questions)

@@ -1,0 +1,35 @@
+"""One generation pass: instructions -> preference pairs (ALGORITHMS.md 1-4), then a summary."""
+
+if __package__ in (None, ""):
+    import _bootstrap  # noqa: F401  (python jobs/generate.py: import the project from the repo root)
+
+
+import click
+
+from engine.cli import config_option, load_or_exit, set_option
+
+
+@click.command("generate")
+@config_option
+@set_option
+@click.option("--out", "out_dir", default=None,
+              help="Output directory or fsspec URL (default: <run.output_dir>/<run.name>/generate).")
+@click.option("--iteration", default=0, show_default=True, help="Iteration number recorded in the pairs.")
+def main(config_path, overrides, out_dir, iteration):
+    """Run one generation pass (validate, sample, split, score, pair, write) on Ray Data and
+    print its summary. Re-running with the same --out resumes: finished instructions are skipped."""
+    cfg = load_or_exit(config_path, overrides)
+    from engine.pipeline import generate_pairs
+    from engine.ray_runtime import init_ray
+    from engine.storage import join
+    from engine.summary import format_summary
+
+    out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "generate")
+    init_ray(cfg.ray)
+    summary = generate_pairs(cfg, iteration, out_dir)
+    click.echo(format_summary(summary))
+    click.echo(f"pairs written to {join(out_dir, 'pairs')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""The writer: flight rows -> pair/reject/stats tables, the length-balancing pass, atomic files."""
+
+import pyarrow as pa
+
+from engine.config import PairConfig
+from engine.flight import FLIGHT_SCHEMA, to_table
+from engine.schemas import INSTRUCTION_STATS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
+from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
+from engine.writer import finalize_pairs, pair_id, pair_rows, reject_rows, stats_rows
+
+
+def flight_row(**extra):
+    row = {
+        "id": "i1", "prompt": "Describe.", "image": b"png", "answers": ["a b c", "a b", "x y z w"],
+        "answer_seeds": [11, 12, 13], "answer_tokens": [4, 3, 5],
+        "facts": [["f1", "f2"], ["f3"], None], "questions": [["q1", "q2"], ["q3"], None],
+        "answer_rejects": [{"answer_index": 2, "stage": "split", "reason": "unparseable_claims", "detail": "bad"}],
+        "p_yes": [[0.9, 0.2], [0.7], None], "p_no": [[0.1, 0.6], [0.2], None],
+        "scores": [-1, 0, None], "n_claims": [2, 1, None],
+        "pairs": [{"chosen": 1, "rejected": 0, "ref_chosen_logps": -3.0, "ref_rejected_logps": -4.5}],
+        "dropped_gap": 0, "dropped_equal_text": 0, "dropped_cap": 0,
+        "seconds_sample": 0.5, "seconds_split": 0.25, "seconds_score": 0.125, "seconds_pair": 0.0625,
+    }
+    row.update(extra)
+    return row
+
+
+def test_flight_schema_accepts_partial_rows():
+    table = to_table([{"id": "x", "prompt": "p"}, flight_row()])
+    assert table.schema == FLIGHT_SCHEMA and table.num_rows == 2
+
+
+def test_pair_rows_follow_the_pair_indices():
+    table = pair_rows([flight_row()], iteration=3, policy_id="m0")
+    assert table.schema == PAIR_SCHEMA
+    (row,) = table.to_pylist()
+    assert (row["chosen"], row["rejected"]) == ("a b", "a b c")
+    assert (row["chosen_score"], row["rejected_score"], row["chosen_n_claims"], row["rejected_n_claims"]) == (0, -1, 1, 2)
+    assert (row["ref_chosen_logps"], row["ref_rejected_logps"]) == (-3.0, -4.5)
+    assert (row["chosen_seed"], row["rejected_seed"], row["iteration"], row["policy_id"]) == (12, 11, 3, "m0")
+    assert row["images"] == [b"png"] and row["pair_id"] == pair_id(3, "i1", 1, 0)
+
+
+def test_reject_rows_cover_row_and_answer_level():
+    rows = [flight_row(), {"id": "i2", "prompt": "", "reject_stage": "validate", "reject_reason": "empty_prompt",
+                           "reject_detail": "prompt is empty"}]
+    table = reject_rows(rows, iteration=0)
+    assert table.schema == REJECT_SCHEMA
+    got = [(r["instruction_id"], r["stage"], r["reason"], r["answer_index"]) for r in table.to_pylist()]
+    assert got == [("i1", "split", "unparseable_claims", 2), ("i2", "validate", "empty_prompt", -1)]
+
+
+def test_stats_rows_count_claims_and_rejections():
+    (row,) = stats_rows([flight_row()]).to_pylist()
+    # answer 0: claims (0.9 vs 0.1 accepted, 0.2 vs 0.6 rejected); answer 1: accepted; answer 2 unparsed
+    assert (row["n_answers"], row["n_answers_parsed"], row["n_claims"], row["n_claims_rejected"]) == (3, 2, 3, 1)
+    assert (row["answer_tokens"], row["n_pairs"], row["seconds_split"]) == (12, 1, 0.25)
+
+
+def _pair(pid, chosen_words, rejected_words):
+    return {"pair_id": pid, "instruction_id": pid, "iteration": 0, "images": [], "prompt": "p",
+            "chosen": " ".join(["w"] * chosen_words), "rejected": " ".join(["w"] * rejected_words),
+            "chosen_score": 0, "rejected_score": -1, "chosen_n_claims": 1, "rejected_n_claims": 1,
+            "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0, "policy_id": "m", "chosen_seed": 1, "rejected_seed": 2}
+
+
+def test_finalize_balances_lengths_and_writes_sorted_pairs(tmp_path):
+    # Pairs (chosen, rejected) word counts: (2,10), (10,10), (9,10). Dropping at ratio r removes pairs
+    # with (rej - cho)/rej > r: (2,10) has 0.8, (9,10) has 0.1. Keeping all: means 7 vs 10 -> 0.3;
+    # r in [0.1, 0.8) drops (2,10): means 9.5 vs 10 -> 0.05; r < 0.1 drops both: 10 vs 10 -> 0.
+    # The smallest imbalance is at r = 0 (ties broken towards the smallest r): one pair kept.
+    out = str(tmp_path)
+    write_parquet_atomic(pa.Table.from_pylist([_pair("b", 2, 10), _pair("a", 10, 10)], schema=PAIR_SCHEMA),
+                         f"{out}/candidates/part-1.parquet")
+    write_parquet_atomic(pa.Table.from_pylist([_pair("c", 9, 10)], schema=PAIR_SCHEMA), f"{out}/candidates/part-2.parquet")
+    result = finalize_pairs(out, PairConfig())
+    assert (result["candidates"], result["pairs"], result["dropped_length_balance"]) == (3, 1, 2)
+    assert result["length_balance_ratio"] == 0.0
+    pairs = read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)
+    assert pairs["pair_id"].to_pylist() == ["a"]
+    unbalanced = finalize_pairs(out, PairConfig(length_balance=False))
+    assert unbalanced["pairs"] == 3
+    assert read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)["pair_id"].to_pylist() == ["a", "b", "c"]
+
+
+def test_atomic_writes_leave_no_temp_files(tmp_path):
+    write_parquet_atomic(stats_rows([flight_row()]), f"{tmp_path}/rows/part-x.parquet")
+    assert [p.name for p in (tmp_path / "rows").iterdir()] == ["part-x.parquet"]
+    assert list_parquet(f"{tmp_path}/rows") == [f"{tmp_path}/rows/part-x.parquet"]
+    assert read_parquet_dir(f"{tmp_path}/rows", INSTRUCTION_STATS_SCHEMA).num_rows == 1
+    assert read_parquet_dir(f"{tmp_path}/none", INSTRUCTION_STATS_SCHEMA).num_rows == 0
