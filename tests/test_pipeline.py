@@ -72,7 +72,7 @@ def test_every_stage_ran_and_output_validates(first_run):
         assert summary["stages"][stage]["busy_seconds"] > 0, stage
     pairs = read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)
     assert pq.read_schema(f"{out}/pairs/part-00000.parquet").equals(PAIR_SCHEMA, check_metadata=False)
-    assert pairs.num_rows == summary["pairs"]
+    assert pairs.num_rows == summary["pairs"] > 0
     for pair in pairs.to_pylist():
         assert pair["chosen_score"] - pair["rejected_score"] >= 1
         assert pair["chosen"].strip() != pair["rejected"].strip()
