@@ -1,13 +1,18 @@
 """The claim splitter's contract (ALGORITHMS.md 2): its prompt, the JSON schema its output is
-decoded under, and the strict parser. One call yields each fact with its yes/no question (the
-reference makes two calls; under a schema one call carries both, at half the LLM cost)."""
+decoded under, and the strict parser.
+
+One call yields each fact together with its yes/no question: a documented simplification of
+the reference's two calls (facts, then questions), which halves the LLM cost. Under a schema
+the output cannot be malformed except when cut off by the token limit; that case raises
+ClaimsUnparseable and is never read as "no claims".
+"""
 
 from __future__ import annotations
 
 import msgspec
 
 
-class Claim(msgspec.Struct, frozen=True):
+class Claim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fact: str
     question: str
 
@@ -21,29 +26,49 @@ class ClaimsUnparseable(ValueError):
 
 
 def claims_json_schema(max_claims: int, max_chars: int) -> dict:
-    text = {"type": "string", "minLength": 1, "maxLength": max_chars}
-    claim = {"type": "object", "properties": {"fact": text, "question": text},
-             "required": ["fact", "question"], "additionalProperties": False}
-    return {"type": "object", "properties": {"claims": {"type": "array", "items": claim, "maxItems": max_claims}},
-            "required": ["claims"], "additionalProperties": False}
+    """The JSON schema the splitter decodes under: at most max_claims claims, each string at
+    most max_chars characters."""
+    text = {"type": "string", "maxLength": max_chars}
+    claim = {
+        "type": "object",
+        "properties": {"fact": text, "question": dict(text)},
+        "required": ["fact", "question"],
+        "additionalProperties": False,
+    }
+    return {
+        "type": "object",
+        "properties": {"claims": {"type": "array", "maxItems": max_claims, "items": claim}},
+        "required": ["claims"],
+        "additionalProperties": False,
+    }
 
 
 def splitter_prompt(instruction: str, answer: str) -> str:
+    """The user message for the splitter LLM: one instruction and one answer to it."""
     return (
-        "You check answers about images. Below are a question about an image and an answer to it.\n"
-        f"Question: {instruction.strip()}\n"
-        f"Answer: {answer.strip()}\n"
-        "List every fact the answer states about the image, each as a short self-contained sentence "
-        "that can be checked by looking at the image. Leave out opinions, feelings and anything "
-        "subjective. For each fact write a general yes/no question that asks whether it is true, "
-        "keeping its tense and any negation and adding nothing. If the answer states no facts, "
-        'return an empty list. Reply with JSON only: {"claims": [{"fact": "...", "question": "..."}]}'
+        "Below is a request about an image and an answer that an assistant gave to it.\n\n"
+        f"Request: {instruction.strip()}\n"
+        f"Answer: {answer.strip()}\n\n"
+        "Step 1. List the facts the answer asserts about the image. Make each fact atomic (one "
+        "piece of information) and objective, and write it as a sentence that can be understood "
+        "on its own, naming things instead of referring to them with pronouns. Leave out "
+        "opinions, impressions and other subjective statements.\n"
+        "Step 2. For each fact, write one general yes/no question that asks whether the fact is "
+        "true of the image. Keep the fact's tense and any negation, and add nothing that the "
+        "fact does not say.\n\n"
+        "Reply with JSON only, in this form: "
+        '{"claims": [{"fact": "<the fact>", "question": "<its yes/no question>"}]}. '
+        'If the answer asserts nothing about the image, reply {"claims": []}.'
     )
 
 
 def parse_claims(text: str, max_claims: int) -> list[Claim]:
+    """The claims in the splitter's output, stripped, without those whose question is empty,
+    at most max_claims of them. An output listing no claims is valid and gives []."""
+    if not isinstance(text, str):
+        raise ClaimsUnparseable(f"the splitter returned {type(text).__name__}, not text")
     try:
-        output = msgspec.json.decode(text.strip().encode(), type=_SplitterOutput)
+        output = msgspec.json.decode(text.strip(), type=_SplitterOutput)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ClaimsUnparseable(f"{exc}; output starts {text[:80]!r}") from None
     claims = [Claim(c.fact.strip(), c.question.strip()) for c in output.claims]
@@ -51,4 +76,6 @@ def parse_claims(text: str, max_claims: int) -> list[Claim]:
 
 
 def labeler_question(question: str, suffix: str) -> str:
+    """What the labeler is asked: the question, then the answer-format suffix
+    (ScoreConfig.question_suffix, " Please answer yes or no." by default)."""
     return question.strip() + suffix

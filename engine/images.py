@@ -1,4 +1,5 @@
-"""Image checks for input rows: every way an image can be bad maps to one named reason."""
+"""Image checks for input rows: every way an image can be bad maps to one named reason, so a
+bad image is diverted with that reason instead of failing the job."""
 
 from __future__ import annotations
 
@@ -11,36 +12,46 @@ REASONS = ("missing_image", "image_too_large", "image_too_many_pixels", "undecod
 
 
 class ImageRejected(ValueError):
+    """An unusable image; `reason` is one of REASONS, `detail` says what was found."""
+
     def __init__(self, reason: str, detail: str):
-        assert reason in REASONS, reason
+        if reason not in REASONS:
+            raise ValueError(f"unknown image reject reason {reason!r}; known: {REASONS}")
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
 
 
 def decode_image(data: bytes | None, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes -> RGB image, or ImageRejected. The size is read from the header before any pixel
-    is decoded, so a decompression bomb costs nothing."""
+    """Bytes -> a fully decoded RGB image, or ImageRejected.
+
+    The pixel count is read from the header before any pixel is decoded, so a decompression
+    bomb costs nothing. `max_pixels` is the limit; PIL's own advisory warning (above
+    Image.MAX_IMAGE_PIXELS) is silenced, but its hard error (above twice that, ~179M pixels)
+    still refuses an image, as image_too_many_pixels.
+    """
     if not data:
         raise ImageRejected("missing_image", "the row has no image bytes")
     if len(data) > max_bytes:
         raise ImageRejected("image_too_large", f"{len(data)} bytes > max_image_bytes {max_bytes}")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise ImageRejected("image_too_many_pixels", f"{width}x{height} > max_image_pixels {max_pixels}")
             image.load()
-    except ImageRejected:
+            return image.convert("RGB")
+    except (ImageRejected, MemoryError):  # MemoryError is the worker's trouble, not the row's
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except Image.DecompressionBombError as exc:
         raise ImageRejected("image_too_many_pixels", str(exc)) from None
-    except Image.UnidentifiedImageError as exc:
-        raise ImageRejected("undecodable_image", str(exc)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        # PIL reports a cut-off file as OSError("image file is truncated ...") or similar.
-        reason = "truncated_image" if "truncated" in str(exc).lower() else "undecodable_image"
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("undecodable_image", "not an image format PIL recognises") from None
+    except Exception as exc:  # noqa: BLE001 -- a malformed file may raise anything; none may crash a job
+        # PIL reports a cut-off file as OSError("image file is truncated ...") or
+        # OSError("Truncated File Read"); some plugins raise EOFError.
+        truncated = isinstance(exc, EOFError) or "truncated" in str(exc).lower()
+        reason = "truncated_image" if truncated else "undecodable_image"
         raise ImageRejected(reason, f"{type(exc).__name__}: {exc}") from None
-    return image.convert("RGB")

@@ -15,11 +15,14 @@ import click
 import pyarrow as pa
 from PIL import Image, ImageDraw
 
+from engine.instruction_io import write_instructions
 from engine.schemas import INSTRUCTION_SCHEMA
 from engine.vocabulary import COLOURS, POSITIONS, SHAPES
 
 DESCRIBE = "Describe the image in detail."
 INSTRUCTION_KINDS = ("describe", "present", "absent", "list", "count")
+# Below this a shape is a couple of pixels and no longer shows what it is.
+MIN_SIZE = 12
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,9 @@ Scene = tuple[SceneObject, ...]
 
 def make_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 4) -> Scene:
     """Objects at distinct places, listed in reading order (top left to bottom right)."""
+    if not 1 <= min_objects <= max_objects <= len(POSITIONS):
+        raise ValueError(f"need 1 <= min_objects <= max_objects <= {len(POSITIONS)}, "
+                         f"got min_objects={min_objects}, max_objects={max_objects}")
     count = rng.randint(min_objects, max_objects)
     places = sorted(rng.sample(list(POSITIONS), count), key=lambda p: POSITIONS[p][::-1])
     return tuple(SceneObject(rng.choice(list(COLOURS)), rng.choice(SHAPES), p) for p in places)
@@ -73,6 +79,8 @@ def _draw(draw: ImageDraw.ImageDraw, obj: SceneObject, cell: float) -> None:
 
 def render(scene: Scene, size: int = 96) -> bytes:
     """PNG bytes; identical for identical scenes (no metadata, fixed compression)."""
+    if size < MIN_SIZE:
+        raise ValueError(f"image size {size} is below the minimum {MIN_SIZE}")
     image = Image.new("RGB", (size, size), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     for obj in scene:
@@ -88,6 +96,7 @@ def describe(scene: Scene) -> str:
 
 
 def instruction_for(kind: str, scene: Scene, rng: random.Random) -> str:
+    """The prompt of one kind for a scene; the yes/no kinds draw their object from rng."""
     if kind == "describe":
         return DESCRIBE
     if kind == "present":
@@ -105,6 +114,11 @@ def instruction_for(kind: str, scene: Scene, rng: random.Random) -> str:
 
 def make_instructions(n: int, seed: int, kinds: tuple[str, ...] = ("describe",), size: int = 96) -> pa.Table:
     """n scenes as instruction rows (INSTRUCTION_SCHEMA); kinds cycle over the rows."""
+    unknown = [k for k in kinds if k not in INSTRUCTION_KINDS]
+    if not kinds or unknown:
+        raise ValueError(f"kinds must be a non-empty selection of {INSTRUCTION_KINDS}, got {tuple(kinds)}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -128,9 +142,11 @@ def make_instructions(n: int, seed: int, kinds: tuple[str, ...] = ("describe",),
 @click.option("--out", required=True, help="Output .parquet or .jsonl (local path or fsspec URL).")
 def main(n: int, seed: int, size: int, kinds: str, out: str) -> None:
     """Write a synthetic scene instruction dataset."""
-    from engine.instruction_io import write_instructions
-
-    write_instructions(make_instructions(n, seed, tuple(kinds.split(",")), size), out)
+    try:
+        table = make_instructions(n, seed, tuple(k.strip() for k in kinds.split(",")), size)
+        write_instructions(table, out)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(f"wrote {n} scenes to {out}")
 
 

@@ -1,38 +1,88 @@
+"""Instruction files through fsspec, and coercion of whatever a reader produced."""
+
+from __future__ import annotations
+
 import base64
 import json
 
+import fsspec
 import pyarrow as pa
 import pytest
 
-from engine.instruction_io import load_image_bytes, normalise_instructions, read_instructions, write_instructions
+from engine.instruction_io import (instruction_format, load_image_bytes, normalise_instructions,
+                                   read_instructions, write_instructions)
 from engine.scenes import make_instructions
+from engine.schemas import INSTRUCTION_SCHEMA
+
+
+def mixed_table() -> pa.Table:
+    """Scene rows plus a row that points at its image instead of carrying it."""
+    rows = make_instructions(3, seed=0).to_pylist()
+    rows.append({"id": "by-uri", "prompt": "p", "image": None, "image_uri": "memory://imgs/a.png", "objects": None})
+    return pa.Table.from_pylist(rows, schema=INSTRUCTION_SCHEMA)
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
 def test_round_trip_local_and_memory(tmp_path, suffix):
-    table = make_instructions(4, seed=0)
-    for url in (str(tmp_path / f"x{suffix}"), f"memory://io-test/x{suffix}"):
+    table = mixed_table()
+    for url in (str(tmp_path / "new" / "dir" / f"x{suffix}"), f"memory://io-test{suffix}/x{suffix}"):
         write_instructions(table, url)
         assert read_instructions(url).equals(table)
+        fs, path = fsspec.core.url_to_fs(url)
+        assert fs.ls(path.rsplit("/", 1)[0], detail=False) == [path]  # no temp file left behind
+
+
+def test_jsonl_carries_base64_images_and_every_column(tmp_path):
+    table = mixed_table()
+    write_instructions(table, str(tmp_path / "x.jsonl"))
+    lines = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
+    assert base64.b64decode(lines[0]["image"]) == table["image"][0].as_py()
+    assert lines[-1] == {"id": "by-uri", "prompt": "p", "image": None, "image_uri": "memory://imgs/a.png",
+                         "objects": None}
+
+
+def test_jsonl_columns_are_the_union_over_lines(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": "a", "prompt": "p"}\n\n{"id": "b", "prompt": "q", "image_uri": "u", "extra": 1}\n')
+    table = read_instructions(str(path))
+    assert table["image_uri"].to_pylist() == [None, "u"] and table.column_names == INSTRUCTION_SCHEMA.names
+
+
+def test_declared_format_overrides_the_name(tmp_path):
+    write_instructions(make_instructions(2, seed=0), str(tmp_path / "x.jsonl"))
+    (tmp_path / "x.jsonl").rename(tmp_path / "x.data")
+    assert read_instructions(str(tmp_path / "x.data"), format="jsonl").num_rows == 2
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        read_instructions(str(tmp_path / "x.data"))
+    with pytest.raises(ValueError, match="csv"):
+        instruction_format("x.csv", "csv")
 
 
 def test_bad_base64_keeps_the_row_with_a_null_image():
     table = pa.Table.from_pylist([{"id": "a", "prompt": "p", "image": "%%%not base64"},
-                                  {"id": "b", "prompt": "q", "image": base64.b64encode(b"ok").decode()}])
+                                  {"id": "b", "prompt": "q", "image": base64.b64encode(b"ok").decode()},
+                                  {"id": "c", "prompt": "r", "image": "bm9u-ASCII\u00e9"}])
     out = normalise_instructions(table)
-    assert out["image"].to_pylist() == [None, b"ok"] and out["id"].to_pylist() == ["a", "b"]
-    assert out["objects"].null_count == 2
+    assert out["image"].to_pylist() == [None, b"ok", None] and out["id"].to_pylist() == ["a", "b", "c"]
+    assert out["objects"].null_count == 3 and out.schema == INSTRUCTION_SCHEMA
 
 
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="prompt"):
         normalise_instructions(pa.Table.from_pylist([{"id": "a", "image": "x"}]))
+    with pytest.raises(ValueError, match="id"):
+        normalise_instructions(pa.Table.from_pylist([{"prompt": "a"}]))
+
+
+def test_unconvertible_column_type_is_named():
+    with pytest.raises(ValueError, match="objects"):
+        normalise_instructions(pa.Table.from_pylist([{"id": "a", "prompt": "p", "objects": {"x": 1}}]))
 
 
 def test_null_id_becomes_empty_for_validation_to_divert(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text(json.dumps({"id": None, "prompt": "p"}) + "\n")
-    assert read_instructions(str(path))["id"].to_pylist() == [""]
+    path.write_text(json.dumps({"id": None, "prompt": "p"}) + "\n" + json.dumps({"prompt": "q"}) + "\n")
+    assert read_instructions(str(path))["id"].to_pylist() == ["", ""]
 
 
 def test_load_image_bytes_names_the_uri(tmp_path):
@@ -40,5 +90,7 @@ def test_load_image_bytes_names_the_uri(tmp_path):
     assert load_image_bytes(str(tmp_path / "a.png")) == b"123"
     with pytest.raises(FileNotFoundError, match="nope.png"):
         load_image_bytes(str(tmp_path / "nope.png"))
-    with pytest.raises(OSError, match="cannot read"):
+    with pytest.raises(FileNotFoundError, match="memory://nowhere/nope.png"):
+        load_image_bytes("memory://nowhere/nope.png")
+    with pytest.raises(OSError, match="nosuchproto://x/y.png"):
         load_image_bytes("nosuchproto://x/y.png")

@@ -3,11 +3,15 @@
 import io
 
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from engine.config import ValidateConfig
+from engine.flight import FLIGHT_SCHEMA
 from engine.schemas import INSTRUCTION_SCHEMA
-from engine.stages.validate import validate_batch
+from engine.stages.validate import ValidateStage, validate_batch
+
+CFG = ValidateConfig(max_prompt_chars=100, max_image_pixels=1000, max_image_bytes=4000)
 
 
 def png(size=(16, 16)) -> bytes:
@@ -16,28 +20,59 @@ def png(size=(16, 16)) -> bytes:
     return buffer.getvalue()
 
 
-def test_mixed_batch(tmp_path):
+@pytest.fixture
+def mixed_batch(tmp_path):
+    """One row of every kind, good rows first, in the middle and last; and the reasons expected."""
     good = png()
     (tmp_path / "ok.png").write_bytes(good)
-    rows = [
-        {"id": "g1", "prompt": "Describe.", "image": good},
-        {"id": "", "prompt": "Describe.", "image": good},
-        {"id": "b1", "prompt": "  ", "image": good},
-        {"id": "b2", "prompt": "x" * 101, "image": good},
-        {"id": "b3", "prompt": "Describe.", "image": b"garbage"},
-        {"id": "b4", "prompt": "Describe.", "image": good[: len(good) // 2]},
-        {"id": "b5", "prompt": "Describe.", "image_uri": str(tmp_path / "missing.png")},
-        {"id": "b6", "prompt": "Describe.", "image": png((50, 50))},
-        {"id": "b7", "prompt": "Describe.", "image": b"x" * 5000},
-        {"id": "b8", "prompt": "Describe."},
-        {"id": "g2", "prompt": "Describe.", "image_uri": str(tmp_path / "ok.png")},
+    rows_and_reasons = [
+        ({"id": "g1", "prompt": "Describe.", "image": good, "objects": ["blue square"]}, None),
+        ({"id": "", "prompt": "Describe.", "image": good}, "missing_id"),
+        ({"id": "b1", "prompt": "  \n", "image": good}, "empty_prompt"),
+        ({"id": "b2", "prompt": None, "image": good}, "empty_prompt"),
+        ({"id": "b3", "prompt": "x" * 101, "image": good}, "prompt_too_long"),
+        ({"id": "g2", "prompt": "x" * 100, "image": good}, None),  # at the limit: fine
+        ({"id": "b4", "prompt": "Describe.", "image": b"garbage"}, "undecodable_image"),
+        ({"id": "b5", "prompt": "Describe.", "image": good[: len(good) // 2]}, "truncated_image"),
+        ({"id": "b6", "prompt": "Describe.", "image_uri": str(tmp_path / "missing.png")}, "missing_image"),
+        ({"id": "b7", "prompt": "Describe.", "image_uri": "nosuchprotocol://bucket/x.png"}, "missing_image"),
+        ({"id": "b8", "prompt": "Describe.", "image": png((50, 50))}, "image_too_many_pixels"),  # 2500 > 1000
+        ({"id": "b9", "prompt": "Describe.", "image": b"x" * 4001}, "image_too_large"),
+        ({"id": "b10", "prompt": "Describe."}, "missing_image"),  # neither bytes nor URI
+        ({"id": "g3", "prompt": "Describe.", "image_uri": str(tmp_path / "ok.png")}, None),
     ]
-    cfg = ValidateConfig(max_prompt_chars=100, max_image_pixels=1000, max_image_bytes=4000)
-    out = validate_batch(pa.Table.from_pylist(rows, schema=INSTRUCTION_SCHEMA), cfg).to_pylist()
-    assert [r["id"] for r in out] == [r["id"] for r in rows]
-    reasons = [r["reject_reason"] for r in out]
-    assert reasons == [None, "missing_id", "empty_prompt", "prompt_too_long", "undecodable_image", "truncated_image",
-                       "missing_image", "image_too_many_pixels", "image_too_large", "missing_image", None]
-    assert all(r["reject_stage"] == "validate" and r["reject_detail"] for r in out if r["reject_reason"])
-    assert "missing.png" in out[6]["reject_detail"]
-    assert out[0]["image"] == good and out[-1]["image"] == good  # loaded from its URI, bytes unchanged
+    rows = [row for row, _ in rows_and_reasons]
+    return pa.Table.from_pylist(rows, schema=INSTRUCTION_SCHEMA), [reason for _, reason in rows_and_reasons], good
+
+
+def test_mixed_batch(mixed_batch):
+    table, expected, good = mixed_batch
+    out_table = validate_batch(table, CFG)
+    assert out_table.schema == FLIGHT_SCHEMA
+    out = out_table.to_pylist()
+    assert [r["id"] for r in out] == table["id"].to_pylist()  # every row, in order
+    assert [r["reject_reason"] for r in out] == expected
+    for row in out:
+        if row["reject_reason"]:
+            assert row["reject_stage"] == "validate" and row["reject_detail"]
+        else:
+            assert row["reject_stage"] is None and row["reject_detail"] is None
+    assert "missing.png" in out[8]["reject_detail"] and "nosuchprotocol://bucket/x.png" in out[9]["reject_detail"]
+    # Good rows: input columns unchanged, bytes as given (or as read from the URI), never re-encoded.
+    inputs = table.to_pylist()
+    for index in (0, 5):
+        assert {k: out[index][k] for k in INSTRUCTION_SCHEMA.names} == inputs[index]
+    assert out[0]["image"] == good and out[-1]["image"] == good
+    assert out[-1]["image_uri"] == inputs[-1]["image_uri"]
+
+
+def test_stage_class_gives_the_same_rows(mixed_batch):
+    table, expected, _ = mixed_batch
+    out = ValidateStage(CFG, iteration=0)(table)
+    assert out.equals(validate_batch(table, CFG))
+    assert out["reject_reason"].to_pylist() == expected
+
+
+def test_empty_batch():
+    empty = INSTRUCTION_SCHEMA.empty_table()
+    assert ValidateStage(CFG, iteration=1)(empty).num_rows == 0

@@ -1,6 +1,13 @@
 """Validate: every input row either passes with its image bytes in hand, or is diverted with
-a named reason (engine.images.REASONS, missing_id,
-empty_prompt, prompt_too_long). Never raises on a row."""
+a named reason. Never raises on a row.
+
+Reasons: missing_id, empty_prompt, prompt_too_long, and the image reasons of
+engine.images.REASONS (a file missing at `image_uri` is missing_image, its URI in the detail).
+Batches are pyarrow Tables in and flight tables (engine.flight.FLIGHT_SCHEMA) out: the input
+columns, `image` filled from `image_uri` where only the URI was given, and `reject_stage`,
+`reject_reason`, `reject_detail` (null on good rows). Good rows keep their bytes as read:
+the image is decoded only to check it, never re-encoded.
+"""
 
 from __future__ import annotations
 
@@ -10,23 +17,25 @@ from engine.config import ValidateConfig
 from engine.flight import divert, to_rows, to_table
 from engine.images import ImageRejected, decode_image
 from engine.instruction_io import load_image_bytes
+from engine.metrics import StageMetrics
 
 STAGE = "validate"
 
 
 def check_row(row: dict, cfg: ValidateConfig) -> None:
-    """Divert the row in place if it is unusable; fill `image` from `image_uri` if needed."""
+    """Divert the row in place if it is unusable; fill `image` from `image_uri` if needed.
+    Cheap checks come first, so a bad prompt never costs an image read."""
     prompt = row.get("prompt") or ""
     if not row.get("id"):
         return divert(row, STAGE, "missing_id", "the row has no id")
     if not prompt.strip():
-        return divert(row, STAGE, "empty_prompt", "the prompt is empty")
+        return divert(row, STAGE, "empty_prompt", "the prompt is empty or only whitespace")
     if len(prompt) > cfg.max_prompt_chars:
         return divert(row, STAGE, "prompt_too_long", f"{len(prompt)} chars > max_prompt_chars {cfg.max_prompt_chars}")
-    if row.get("image") is None and row.get("image_uri"):
+    if not row.get("image") and row.get("image_uri"):
         try:
             row["image"] = load_image_bytes(row["image_uri"])
-        except OSError as exc:
+        except OSError as exc:  # FileNotFoundError included; the message names the URI
             return divert(row, STAGE, "missing_image", f"{row['image_uri']}: {exc}")
     try:
         decode_image(row.get("image"), cfg.max_image_bytes, cfg.max_image_pixels)
@@ -35,8 +44,25 @@ def check_row(row: dict, cfg: ValidateConfig) -> None:
 
 
 def validate_batch(batch: pa.Table, cfg: ValidateConfig) -> pa.Table:
-    """map_batches function (batch_format="pyarrow"): instruction rows -> flight rows."""
+    """Instruction rows (INSTRUCTION_SCHEMA) -> flight rows, same order, bad ones diverted.
+    A plain function, for map_batches(validate_batch, fn_kwargs={"cfg": ...}, batch_format="pyarrow")."""
     rows = to_rows(batch)
     for row in rows:
         check_row(row, cfg)
     return to_table(rows)
+
+
+class ValidateStage:
+    """validate_batch as a callable class that also counts rows and rejects as Ray metrics:
+    map_batches(ValidateStage, fn_constructor_args=(cfg.validate, iteration, run_name),
+    batch_format="pyarrow", compute=ActorPoolStrategy(...))."""
+
+    def __init__(self, validate_cfg: ValidateConfig, iteration: int, run_name: str = ""):
+        self.cfg = validate_cfg
+        self.metrics = StageMetrics(STAGE, run_name, iteration)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = validate_batch(batch, self.cfg)
+        n_live = out["reject_reason"].null_count  # a live row has no reject reason
+        self.metrics.add(rows_in=out.num_rows, rows_out=n_live, rejects=out.num_rows - n_live)
+        return out
