@@ -1,0 +1,94 @@
+"""DPO / DDPO training of one model on pair shards (Ray Train + DeepSpeed), exported in
+Hugging Face format.
+
+Locally:  python jobs/train.py --pairs runs/smoke/iter_0/pairs --init tiny:llava --out /tmp/dpo
+Cluster:  ray job submit --working-dir . -- python jobs/train.py --config configs/<real>.toml --pairs s3://...
+"""
+
+if __package__ in (None, ""):
+    import _bootstrap  # noqa: F401  (python jobs/train.py: import the project from the repo root)
+
+import click
+
+from engine.cli import config_option, load_or_exit, set_option
+
+CORRECTION_ROLES = ("image", "question", "chosen", "rejected", "id")
+
+
+def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
+    columns = {}
+    for text in pairs:
+        role, sep, name = text.partition("=")
+        if not sep or role not in CORRECTION_ROLES or not name:
+            raise click.BadParameter(f"{text!r}: expected ROLE=COLUMN with ROLE one of {', '.join(CORRECTION_ROLES)}",
+                                     param_hint="--column")
+        columns[role] = name
+    return columns
+
+
+@click.command("train")
+@config_option
+@set_option
+@click.option("--pairs", "pairs_dir", default=None,
+              help="Directory (local or fsspec URL) of Parquet pair shards, e.g. <run>/iter_0/pairs.")
+@click.option("--corrections", default=None,
+              help="Instead of --pairs: an RLHF-V style correction file (.parquet, or .jsonl with image "
+                   "paths) with image, question, chosen (corrected) and rejected (original) columns. It is "
+                   "turned into pair shards under <out>/pairs (reference log-probs from --init) first.")
+@click.option("--column", "columns", multiple=True, metavar="ROLE=COLUMN",
+              help="Column name of a correction file role (image, question, chosen, rejected, id), "
+                   "e.g. --column question=prompt (repeatable).")
+@click.option("--init", "init_model", default=None,
+              help="Model to train: a Hugging Face model dir or tiny:llava (default: models.policy.path).")
+@click.option("--out", "out_dir", default=None,
+              help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model), train_result.json "
+                   "(default: <run.output_dir>/<run.name>/train).")
+@click.option("--fresh", is_flag=True,
+              help="Delete the checkpoints and model under --out and start over (default: resume).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this many optimizer steps in total, keeping a checkpoint; run again to continue.")
+def main(config_path, overrides, pairs_dir, corrections, columns, init_model, out_dir, fresh, max_steps):
+    """Train with the [train] section of the config (loss dpo or ddpo, beta, gamma, learning rate,
+    ZeRO stage, workers, ...) and print the per-step metrics. Re-running the same command
+    resumes from the latest checkpoint; a finished run only prints its result."""
+    cfg = load_or_exit(config_path, overrides)
+    if (pairs_dir is None) == (corrections is None):
+        raise click.UsageError("give exactly one of --pairs and --corrections")
+    from engine.ray_runtime import init_ray
+    from engine.storage import join
+    from train.data import PairDataError
+    from train.trainer import train_dpo
+
+    init_model = init_model or cfg.models.policy.path
+    out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "train")
+    init_ray(cfg.ray)
+    try:
+        if corrections is not None:
+            pairs_dir = _corrections_to_pairs(cfg, corrections, _column_map(columns), init_model, out_dir)
+        result = train_dpo(cfg, pairs_dir, init_model, out_dir, resume=not fresh, max_steps=max_steps)
+    except (PairDataError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for metrics in result.history:
+        click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))
+    if result.model_dir is None:
+        click.echo(f"stopped at step {result.steps}; run again to continue from the checkpoint in {out_dir}")
+    else:
+        click.echo(f"trained {result.steps} steps; model written to {result.model_dir}")
+
+
+def _corrections_to_pairs(cfg, url: str, columns: dict[str, str], init_model: str, out_dir: str) -> str:
+    from engine.storage import join, write_parquet_atomic
+    from train.data import CorrectionColumns, pairs_from_corrections, read_correction_table
+
+    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_model, cfg.models.cache_dir,
+                                            CorrectionColumns(**columns), validate=cfg.validate)
+    pairs_dir = join(out_dir, "pairs")
+    write_parquet_atomic(pairs, join(pairs_dir, "corrections.parquet"))
+    if rejects.num_rows:
+        write_parquet_atomic(rejects, join(out_dir, "rejects", "corrections.parquet"))
+        click.echo(f"{rejects.num_rows} correction row(s) diverted to {join(out_dir, 'rejects')}")
+    return pairs_dir
+
+
+if __name__ == "__main__":
+    main()

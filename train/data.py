@@ -1,0 +1,338 @@
+"""Pair shards -> training batches.
+
+- `read_pair_dataset`: an iteration's Parquet pair shards (local dir or fsspec URL) as a Ray
+  Dataset, checked before any worker starts.
+- `BatchPlan`: which pairs make each optimizer step's global batch, and which of them each
+  worker's micro-batches take. The order is a seeded permutation per epoch over the pairs
+  sorted by pair_id, so it depends neither on shard layout nor on the number of workers: a
+  resumed run skips exactly the batches already consumed, and N workers see the same global
+  batches as 1 worker with N times the gradient accumulation.
+- `collate_pairs`: pair rows -> one padded batch of 2B sequences (chosen rows, then rejected
+  rows), tokenised by engine.chat exactly as the engine computed the reference log-probs.
+- `changed_token_masks`: DDPO's changed tokens, from a diff of chosen vs rejected tokens.
+- `pairs_from_corrections`: RLHF-V style correction rows -> pair rows (+ rejects).
+"""
+
+from __future__ import annotations
+
+import difflib
+import io
+import math
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from engine import chat
+from engine.config import ValidateConfig
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
+from engine.storage import filesystem, list_parquet
+
+# What training reads of a pair row; the other PAIR_SCHEMA columns are provenance.
+TRAIN_COLUMNS = ("pair_id", "images", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
+
+
+class PairDataError(ValueError):
+    """The pair shards cannot be trained on; the message says which file, column or pair."""
+
+
+def read_pair_dataset(pairs_dir: str):
+    """The complete Parquet shards of `pairs_dir` (temp files of an unfinished write are not
+    listed) as a materialised Ray Dataset of TRAIN_COLUMNS, after checking that it is non-empty
+    and that every pair_id is unique (a shard written twice would train its pairs twice)."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    files = list_parquet(pairs_dir)
+    if not files:
+        raise PairDataError(f"no Parquet pair shards in {pairs_dir!r}")
+    fs, _ = filesystem(pairs_dir)
+    paths = [filesystem(url)[1] for url in files]
+    for url, path in zip(files, paths):
+        with fs.open(path, "rb") as f:
+            missing = sorted(set(TRAIN_COLUMNS) - set(pq.read_schema(f).names))
+        if missing:
+            raise PairDataError(f"pair shard {url} lacks column(s) {missing}")
+    ds = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)), columns=list(TRAIN_COLUMNS))
+    ds = ds.materialize()
+    ids = [row["pair_id"] for row in ds.select_columns(["pair_id"]).take_all()]
+    if not ids:
+        raise PairDataError(f"the pair shards in {pairs_dir!r} hold no rows")
+    duplicated = sorted(pair_id for pair_id, count in Counter(ids).items() if count > 1)
+    if duplicated:
+        raise PairDataError(f"{len(duplicated)} pair_id(s) occur more than once in {pairs_dir!r} "
+                            f"(e.g. {duplicated[0]!r}): was a shard written twice?")
+    return ds
+
+
+def rows_of(dataset_shard) -> list[dict]:
+    """Every row of a worker's dataset iterator as Python dicts, sorted by pair_id."""
+    tables = list(dataset_shard.iter_batches(batch_format="pyarrow", batch_size=None))
+    rows = pa.concat_tables(tables).to_pylist() if tables else []
+    return sorted(rows, key=lambda row: row["pair_id"])
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The data position of every optimizer step.
+
+    One step's global batch is micro_batch_size * accumulation_steps * world_size pairs. An
+    epoch is ceil(n_pairs / global batch) steps; its last batch is filled up by wrapping
+    around to the start of the epoch's order (as torch's DistributedSampler pads), so every
+    worker always has full micro-batches and no pair is left out of an epoch.
+    """
+
+    n_pairs: int
+    micro_batch_size: int
+    accumulation_steps: int
+    world_size: int
+    epochs: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        for name in ("n_pairs", "micro_batch_size", "accumulation_steps", "world_size", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def global_batch(self) -> int:
+        return self.micro_batch_size * self.accumulation_steps * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_pairs / self.global_batch)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_pairs)
+        return np.resize(permutation, self.steps_per_epoch * self.global_batch)  # cyclic fill
+
+    def micro_batches(self, step: int, rank: int) -> list[list[int]]:
+        """Row indices of `rank`'s micro-batches for optimizer step `step` (0-based), in order.
+        Viewing the global batch as [accumulation, world, micro], worker r takes column r."""
+        if not 0 <= step < self.total_steps:
+            raise ValueError(f"step {step} outside the plan's {self.total_steps} steps")
+        epoch, index = divmod(step, self.steps_per_epoch)
+        batch = self.epoch_order(epoch)[index * self.global_batch : (index + 1) * self.global_batch]
+        grid = batch.reshape(self.accumulation_steps, self.world_size, self.micro_batch_size)
+        return [grid[a, rank].tolist() for a in range(self.accumulation_steps)]
+
+
+def changed_token_masks(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
+    """DDPO's y_c (ALGORITHMS.md 6): align the two responses' tokens with a diff; tokens inside
+    a non-equal opcode (replace, delete, insert) are changed, each side marking its own."""
+    chosen_changed = [False] * len(chosen_ids)
+    rejected_changed = [False] * len(rejected_ids)
+    matcher = difflib.SequenceMatcher(a=list(chosen_ids), b=list(rejected_ids), autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag != "equal":
+            chosen_changed[i1:i2] = [True] * (i2 - i1)
+            rejected_changed[j1:j2] = [True] * (j2 - j1)
+    return chosen_changed, rejected_changed
+
+
+def decode_pair_image(row: dict) -> Image.Image | None:
+    """The pair's image (images[0]) as RGB, None for a text-only pair."""
+    images = row["images"] or []
+    if len(images) > 1:
+        raise PairDataError(f"pair {row['pair_id']}: {len(images)} images, but a prompt holds one image")
+    if not images:
+        return None
+    try:
+        return Image.open(io.BytesIO(images[0])).convert("RGB")
+    except Exception as exc:
+        raise PairDataError(f"pair {row['pair_id']}: undecodable image: {type(exc).__name__}: {exc}") from None
+
+
+@dataclass
+class PairBatch:
+    """2B teacher-forcing sequences: rows 0..B-1 are the chosen answers, B..2B-1 the rejected."""
+
+    model_inputs: dict[str, torch.Tensor]  # input_ids, attention_mask, pixel_values, ...
+    response_mask: torch.Tensor  # [2B, T], 1 on the response tokens (incl. eos) kept after truncation
+    changed_mask: torch.Tensor | None  # [2B, T], DDPO's changed tokens; None unless asked for
+    ref_chosen_logps: torch.Tensor  # [B]
+    ref_rejected_logps: torch.Tensor  # [B]
+    pair_ids: list[str]
+    n_truncated: int  # sequences whose response end was cut to fit max_length
+
+    def to(self, device: torch.device, float_dtype: torch.dtype) -> PairBatch:
+        """On `device`; floating model inputs (pixel values) in the model's dtype."""
+        inputs = {key: value.to(device, float_dtype) if value.is_floating_point() else value.to(device)
+                  for key, value in self.model_inputs.items()}
+        return PairBatch(inputs, self.response_mask.to(device),
+                         None if self.changed_mask is None else self.changed_mask.to(device),
+                         self.ref_chosen_logps.to(device), self.ref_rejected_logps.to(device),
+                         self.pair_ids, self.n_truncated)
+
+
+def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed_masks: bool = False) -> PairBatch:
+    """Pair rows -> one right-padded batch, through engine.chat.encode_for_logprobs.
+
+    Truncation keeps the prompt whole (cutting into it would cut the image's placeholder
+    tokens, which must match the image features) and cuts the END of any response that does
+    not fit in max_length. A cut response is scored on its kept tokens only, while the
+    shards' reference log-probs cover the whole response, so cuts are counted (n_truncated)
+    and reported: max_length should cover prompt + answer. A prompt that leaves no room for
+    a single response token is an error.
+    """
+    if not rows:
+        raise ValueError("cannot collate an empty list of pairs")
+    images = [decode_pair_image(row) for row in rows]
+    encoded = chat.encode_for_logprobs(
+        processor,
+        images * 2,
+        [row["prompt"] for row in rows] * 2,
+        [row["chosen"] for row in rows] + [row["rejected"] for row in rows],
+    )
+    response_mask = encoded.pop("response_mask")
+    lengths = encoded["attention_mask"].sum(dim=1)
+    prompt_lengths = response_mask.argmax(dim=1)  # first response position
+    changed = _changed_mask(encoded["input_ids"], response_mask) if changed_masks else None
+    too_long = prompt_lengths >= max_length
+    if bool(too_long.any()):
+        i = int(too_long.nonzero()[0, 0]) % len(rows)
+        raise PairDataError(f"pair {rows[i]['pair_id']}: the prompt alone is {int(prompt_lengths[i])} tokens, "
+                            f"leaving no room for the answer within train.max_length={max_length}")
+    n_truncated = int((lengths > max_length).sum())
+    if encoded["input_ids"].shape[1] > max_length:
+        for key in ("input_ids", "attention_mask"):
+            encoded[key] = encoded[key][:, :max_length]
+        response_mask = response_mask[:, :max_length]
+        changed = None if changed is None else changed[:, :max_length]
+    return PairBatch(
+        model_inputs=dict(encoded),
+        response_mask=response_mask,
+        changed_mask=changed,
+        ref_chosen_logps=torch.tensor([row["ref_chosen_logps"] for row in rows], dtype=torch.float32),
+        ref_rejected_logps=torch.tensor([row["ref_rejected_logps"] for row in rows], dtype=torch.float32),
+        pair_ids=[row["pair_id"] for row in rows],
+        n_truncated=n_truncated,
+    )
+
+
+def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """[2B, T] changed marks for the chosen (first half) and rejected (second half) rows."""
+    half = input_ids.shape[0] // 2
+    mask = torch.zeros_like(response_mask)
+    for i in range(half):
+        chosen_pos = response_mask[i].nonzero().squeeze(-1)
+        rejected_pos = response_mask[half + i].nonzero().squeeze(-1)
+        chosen_changed, rejected_changed = changed_token_masks(
+            input_ids[i, chosen_pos].tolist(), input_ids[half + i, rejected_pos].tolist()
+        )
+        mask[i, chosen_pos] = torch.tensor(chosen_changed, dtype=mask.dtype)
+        mask[half + i, rejected_pos] = torch.tensor(rejected_changed, dtype=mask.dtype)
+    return mask
+
+
+@dataclass(frozen=True)
+class CorrectionColumns:
+    """Column names of an RLHF-V style correction table (chosen = the corrected answer,
+    rejected = the original). `id` names an instruction id column; None numbers the rows."""
+
+    image: str = "image"
+    question: str = "question"
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+    id: str | None = None
+
+
+def read_correction_table(url: str) -> pa.Table:
+    """A correction file (Parquet, or JSONL whose images are paths/URIs) via fsspec."""
+    import json
+
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        if url.endswith(".parquet"):
+            return pq.read_table(f)
+        if url.endswith((".jsonl", ".json")):
+            return pa.Table.from_pylist([json.loads(line) for line in f.read().decode().splitlines() if line.strip()])
+    raise PairDataError(f"cannot tell the format of {url!r}: name it .parquet or .jsonl")
+
+
+def _image_bytes(value: Any) -> bytes | None:
+    """bytes, a Hugging Face datasets Image struct {"bytes": ..., "path": ...}, or a URI."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, str):
+        from engine.instruction_io import load_image_bytes
+
+        return load_image_bytes(value)
+    return value
+
+
+def pairs_from_corrections(
+    table: pa.Table,
+    init_model: str,
+    cache_dir: str,
+    columns: CorrectionColumns = CorrectionColumns(),
+    iteration: int = 0,
+    validate: ValidateConfig = ValidateConfig(),
+    batch_size: int = 8,
+) -> tuple[pa.Table, pa.Table]:
+    """RLHF-V style corrections -> (PAIR_SCHEMA pairs, REJECT_SCHEMA rejects).
+
+    The rows carry no reference log-probs, so the init model computes them (one batched
+    teacher-forcing pass through the engine's hf backend, the same path the engine uses).
+    Rows with a missing or bad image, an empty question or answer, or identical answers
+    are diverted with a reason. The pairs were not scored or sampled: scores and claim
+    counts are 0 and seeds -1.
+    """
+    from engine.backends.base import Prompt
+    from engine.backends.hf import HFBackend
+    from engine.images import ImageRejected, decode_image
+    from engine.tiny_models import resolve_model_path
+    from engine.writer import pair_id
+
+    wanted = [columns.image, columns.question, columns.chosen, columns.rejected] + ([columns.id] if columns.id else [])
+    missing = [name for name in wanted if name not in table.column_names]
+    if missing:
+        raise PairDataError(f"correction table lacks column(s) {missing}; it has {table.column_names}")
+    kept, images, rejects = [], [], []
+    for index, row in enumerate(table.select(wanted).to_pylist()):
+        instruction_id = str(row[columns.id]) if columns.id else f"correction-{index}"
+        question, chosen, rejected = (row[columns.question] or "", row[columns.chosen] or "", row[columns.rejected] or "")
+
+        def divert(reason: str, detail: str) -> None:
+            rejects.append({"instruction_id": instruction_id, "iteration": iteration, "stage": "corrections",
+                            "reason": reason, "detail": detail, "answer_index": -1, "prompt": question})
+
+        if not question.strip() or not chosen.strip() or not rejected.strip():
+            divert("empty_text", "the question, chosen or rejected answer is empty")
+            continue
+        if chosen.strip() == rejected.strip():
+            divert("equal_answers", "the correction equals the original answer: nothing to learn")
+            continue
+        try:
+            data = _image_bytes(row[columns.image])
+            image = decode_image(data, validate.max_image_bytes, validate.max_image_pixels)
+        except ImageRejected as exc:
+            divert(exc.reason, exc.detail)
+            continue
+        except OSError as exc:
+            divert("missing_image", str(exc))
+            continue
+        kept.append({"pair_id": pair_id(iteration, instruction_id, 0, 1), "instruction_id": instruction_id,
+                     "iteration": iteration, "images": [data], "prompt": question, "chosen": chosen,
+                     "rejected": rejected, "chosen_score": 0, "rejected_score": 0, "chosen_n_claims": 0,
+                     "rejected_n_claims": 0, "policy_id": init_model, "chosen_seed": -1, "rejected_seed": -1})
+        images.append(image)
+    if kept:
+        backend = HFBackend(resolve_model_path(init_model, cache_dir), batch_size=batch_size)
+        try:
+            prompts = [Prompt(image, row["prompt"]) for image, row in zip(images, kept)]
+            logps = backend.logprobs(prompts * 2, [row["chosen"] for row in kept] + [row["rejected"] for row in kept])
+        finally:
+            backend.close()
+        for i, row in enumerate(kept):
+            row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[i][0], logps[len(kept) + i][0]
+    return pa.Table.from_pylist(kept, schema=PAIR_SCHEMA), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)

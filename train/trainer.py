@@ -1,0 +1,366 @@
+"""DPO / DDPO on pair shards: Ray Train's TorchTrainer runs a DeepSpeed loop on each worker.
+
+Only the policy is in memory: DPO's reference log-probs come precomputed in the shards. For
+DDPO the reference's *weighted* log-probs depend on gamma and the token diff, which the
+shards do not carry, so they are computed once, before the first update, by the policy
+itself (at step 0 the policy is the reference).
+
+Precision: train.precision = "bf16" applies on GPU (DeepSpeed bf16, fp32 master weights);
+CPU workers always train in fp32 with gloo, one thread per CPU of train.cpus_per_worker.
+
+<out_dir>/ds_checkpoint/   Ray Train run: DeepSpeed checkpoints reported every
+                           train.checkpoint_every_steps steps and at the end, with the step,
+                           the batch plan and the metric history; a new call resumes there
+<out_dir>/model/           the trained model in Hugging Face format (train/export.py)
+<out_dir>/train_result.json  written last: training is complete
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+import msgspec
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
+from transformers import get_cosine_schedule_with_warmup
+
+from engine import chat
+from engine.config import Config, TrainConfig
+from engine.metrics import record_train_step
+from engine.ray_runtime import init_ray
+from engine.storage import exists, filesystem, join, read_json, write_json_atomic
+from engine.tiny_models import resolve_model_path
+from train.data import BatchPlan, PairBatch, collate_pairs, read_pair_dataset, rows_of
+from train.export import export_model, is_local
+from train.losses import ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
+
+CHECKPOINT_RUN = "ds_checkpoint"
+MODEL_DIR = "model"
+RESULT_FILE = "train_result.json"
+DATASET_KEY = "pairs"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    model_dir: str | None  # None when the call stopped at max_steps before the end
+    steps: int  # optimizer steps done so far (over all calls)
+    started_at_step: int  # the step this call resumed at (0 for a fresh run)
+    history: list[dict] = field(default_factory=list)  # one metrics dict per optimizer step
+    metrics: dict = field(default_factory=dict)  # the last step's metrics
+
+
+def train_dpo(
+    cfg: Config,
+    pairs_dir: str,
+    init_model: str,
+    out_dir: str,
+    resume: bool = True,
+    max_steps: int | None = None,
+    iteration: int = 0,
+) -> TrainResult:
+    """Train `init_model` (a model dir or tiny:<name>) on the pair shards in `pairs_dir`.
+
+    resume=True continues from the latest checkpoint under out_dir (or returns the finished
+    result); resume=False deletes out_dir's checkpoints, model and result first.
+    max_steps stops this call after that many optimizer steps in total (the learning-rate
+    schedule still spans the whole run) with a checkpoint saved, so a later call resumes,
+    e.g. to fit a run into time slots; the result then has model_dir None.
+    iteration only tags the exported training metrics (engine.metrics).
+    Ray must be initialised by the caller, or a local Ray is started with cfg.ray's caps.
+    """
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    result_url = join(out_dir, RESULT_FILE)
+    if not resume:
+        _remove(out_dir, (RESULT_FILE, MODEL_DIR, CHECKPOINT_RUN))
+    elif exists(result_url):
+        return TrainResult(**read_json(result_url))
+    train_cfg = cfg.train
+    init_dir = resolve_model_path(init_model, cfg.models.cache_dir)
+    init_ray(cfg.ray)
+    dataset = read_pair_dataset(pairs_dir)
+    storage_path, storage_fs = _ray_storage(out_dir)
+    resources = {"CPU": train_cfg.cpus_per_worker}
+    if train_cfg.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={
+            "train": msgspec.to_builtins(train_cfg),
+            "seed": cfg.run.seed,
+            "init_dir": init_dir,
+            "model_url": join(out_dir, MODEL_DIR),
+            "max_steps": max_steps,
+            "run": cfg.run.name,
+            "iteration": iteration,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=train_cfg.num_workers,
+            use_gpu=train_cfg.use_gpu,
+            resources_per_worker=resources,
+            accelerator_type=train_cfg.accelerator_type,
+        ),
+        run_config=RunConfig(
+            name=CHECKPOINT_RUN,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+        ),
+        datasets={DATASET_KEY: dataset},
+        # Every worker gets all pairs and takes its part of each global batch (BatchPlan):
+        # Ray's streaming split hands out blocks as workers ask, which is not reproducible.
+        dataset_config=DataConfig(datasets_to_split=[]),
+    )
+    result = TrainResult(**trainer.fit().return_value)
+    if result.model_dir is not None:
+        write_json_atomic(asdict(result), result_url)
+    return result
+
+
+def _remove(out_dir: str, names: tuple[str, ...]) -> None:
+    fs, path = filesystem(out_dir)
+    for name in names:
+        target = f"{path.rstrip('/')}/{name}"
+        if fs.exists(target):
+            fs.rm(target, recursive=True)
+
+
+def _ray_storage(out_dir: str):
+    """RunConfig storage for out_dir: an absolute local path, or the path on a pyarrow
+    filesystem wrapping the fsspec one (s3://, gs://, ...)."""
+    fs, path = filesystem(out_dir)
+    if is_local(fs):
+        return path, None
+    return path, PyFileSystem(FSSpecHandler(fs))
+
+
+# ---------------------------------------------------------------- inside each Ray Train worker
+
+
+def _train_worker(spec: dict) -> dict:
+    """One worker's DeepSpeed loop. Returns the result (rank 0's is the run's)."""
+    t = msgspec.convert(spec["train"], TrainConfig)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    seed = spec["seed"]
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+    rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY))
+    plan = BatchPlan(len(rows), t.micro_batch_size, t.gradient_accumulation_steps, world, t.epochs, seed)
+    processor = AutoProcessor.from_pretrained(spec["init_dir"])
+    engine = _deepspeed_engine(t, spec["init_dir"], plan, bf16=t.precision == "bf16" and device.type == "cuda",
+                               multimodal=chat.is_multimodal(processor))
+    float_dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
+    step_inputs = _StepInputs(t, processor, rows, device, float_dtype)
+    if t.loss == "ddpo":
+        step_inputs.ref_logps = _reference_weighted_logps(engine, step_inputs, plan, rank, world)
+
+    start, history = _restore(engine, plan)
+    stop = min(plan.total_steps, spec["max_steps"] or plan.total_steps)
+    for step in range(start, stop):
+        started = time.perf_counter()
+        metrics = _optimizer_step(engine, step_inputs, plan.micro_batches(step, rank))
+        metrics.update(step=step + 1, epoch=(step + 1) / plan.steps_per_epoch,
+                       step_seconds=time.perf_counter() - started)
+        history.append(metrics)
+        if rank == 0:
+            record_train_step(metrics, spec["run"], spec["iteration"])
+            # The live view: Ray forwards a worker's stdout to the driver's console.
+            print(f"train step {step + 1}/{plan.total_steps} loss={metrics['loss']:.4f} "
+                  f"accuracy={metrics['rewards/accuracies']:.3f} margin={metrics['rewards/margins']:.4f}",
+                  flush=True)
+        last = step + 1 == stop
+        if last or (t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0):
+            _save(engine, step + 1, history, plan, metrics)
+        else:
+            ray.train.report(metrics)
+    finished = stop == plan.total_steps
+    if finished:
+        export_model(engine, spec["init_dir"], spec["model_url"])
+    return {
+        "model_dir": spec["model_url"] if finished else None,
+        "steps": stop,
+        "started_at_step": start,
+        "history": history,
+        "metrics": history[-1] if history else {},
+    }
+
+
+class _StepInputs:
+    """What a worker needs to turn plan indices into a loss: rows, processor, settings."""
+
+    def __init__(self, t: TrainConfig, processor, rows: list[dict], device, float_dtype) -> None:
+        self.t, self.processor, self.rows = t, processor, rows
+        self.device, self.float_dtype = device, float_dtype
+        # DDPO: pair_id -> (reference weighted logp of chosen, of rejected); DPO uses the shards'.
+        self.ref_logps: dict[str, tuple[float, float]] | None = None
+
+    def batch(self, indices: list[int]) -> PairBatch:
+        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.t.max_length,
+                              changed_masks=self.t.loss == "ddpo")
+        if self.ref_logps is not None:
+            refs = torch.tensor([self.ref_logps[pair_id] for pair_id in batch.pair_ids], dtype=torch.float32)
+            batch.ref_chosen_logps, batch.ref_rejected_logps = refs[:, 0], refs[:, 1]
+        return batch.to(self.device, self.float_dtype)
+
+
+def _policy_logps(engine, batch, t: TrainConfig):
+    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted average."""
+    logits = engine(**batch.model_inputs, use_cache=False).logits
+    token_logps = shifted_token_logps(logits, batch.model_inputs["input_ids"])
+    response = batch.response_mask[:, 1:]
+    if t.loss == "ddpo":
+        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], t.gamma)
+    return summed_logps(token_logps, response)
+
+
+def _optimizer_step(engine, inputs: _StepInputs, micro_batches: list[list[int]]) -> dict:
+    """Forward/backward every micro-batch of one optimizer step (DeepSpeed steps the
+    optimizer on the last); returns the metrics averaged over the whole global batch."""
+    learning_rate = engine.get_lr()[0]  # this step's; the scheduler advances inside engine.step()
+    names = None
+    sums = None
+    for indices in micro_batches:
+        batch = inputs.batch(indices)
+        chosen, rejected = _policy_logps(engine, batch, inputs.t).chunk(2)
+        loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, inputs.t.beta)
+        engine.backward(loss)
+        engine.step()
+        rows = len(indices)
+        names = ["loss", *metrics]
+        values = torch.stack([loss.detach(), *metrics.values()]).double().cpu() * rows
+        counts = torch.tensor([rows, batch.n_truncated], dtype=torch.float64)
+        micro_sums = torch.cat([values, counts])
+        sums = micro_sums if sums is None else sums + micro_sums
+    sums = sums.to(inputs.device)
+    dist.all_reduce(sums)  # every worker's micro-batches: the global batch
+    sums = sums.cpu().tolist()
+    n_rows, n_truncated = sums[-2], sums[-1]
+    out = {name: value / n_rows for name, value in zip(names, sums)}
+    out["truncated_sequences"] = int(n_truncated)
+    out["learning_rate"] = learning_rate
+    grad_norm = engine.get_global_grad_norm()
+    if grad_norm is not None:
+        out["grad_norm"] = float(grad_norm)
+    return out
+
+
+def _reference_weighted_logps(engine, inputs: _StepInputs, plan, rank: int, world: int) -> dict:
+    """DDPO's reference log-probs of every pair, by the initial policy (no grad). Every rank
+    scores an equal number of micro-batches (ZeRO-3's forward is collective), then all ranks
+    exchange their results."""
+    micro = inputs.t.micro_batch_size
+    chunks = math.ceil(plan.n_pairs / (world * micro))
+    grid = np.resize(np.arange(plan.n_pairs), chunks * world * micro).reshape(chunks, world, micro)
+    mine: dict[str, tuple[float, float]] = {}
+    engine.eval()
+    with torch.no_grad():
+        for chunk in grid[:, rank]:
+            batch = inputs.batch(chunk.tolist())
+            chosen, rejected = _policy_logps(engine, batch, inputs.t).chunk(2)
+            mine.update(zip(batch.pair_ids, zip(chosen.tolist(), rejected.tolist())))
+    engine.train()
+    gathered: list[dict] = [{} for _ in range(world)]
+    dist.all_gather_object(gathered, mine)
+    return {pair_id: logps for part in gathered for pair_id, logps in part.items()}
+
+
+def _deepspeed_config(t: TrainConfig, bf16: bool) -> dict:
+    zero: dict = {"stage": t.zero_stage}
+    if t.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True  # export gathers the partitions
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": t.gradient_accumulation_steps,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # torch's AdamW: no fused-op JIT build on CPU
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 2**31 - 1,  # metrics go to ray.train.report instead
+    }
+
+
+def _deepspeed_engine(t: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool):
+    """The policy wrapped by DeepSpeed with AdamW and a warm-up + cosine schedule."""
+    import deepspeed
+
+    # The shared-memory all-reduce op is only used for inference and costs a 35-50 s JIT build
+    # on every CPU start (../shared/notes/cpu-stack.md 1b). Patch the module, not its alias.
+    importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+    deepspeed.init_distributed()  # adopts the process group Ray Train set up
+    ds_config = _deepspeed_config(t, bf16)
+    # Each worker loads the whole model, which ZeRO then partitions (stage 3: the parameters
+    # too) at initialize. Loading straight into partitions (transformers' HfDeepSpeedConfig)
+    # needs the accelerate package, which the pinned stack does not have.
+    model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
+    model = model_class.from_pretrained(init_dir, dtype=torch.float32)
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    optimizer = torch.optim.AdamW(_parameter_groups(model, t.weight_decay), lr=t.learning_rate)
+    warmup = math.ceil(t.warmup_ratio * plan.total_steps)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, plan.total_steps),
+        config=ds_config,
+    )
+    return engine
+
+
+def _parameter_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on weight matrices only, not on biases or normalisation weights (as the
+    Hugging Face Trainer the reference used does)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        is_norm = type(module).__name__.endswith("Norm")
+        for name, param in module.named_parameters(recurse=False):
+            if param.requires_grad:
+                (no_decay if is_norm or name == "bias" else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _restore(engine, plan) -> tuple[int, list[dict]]:
+    """(first step to run, metric history so far) from Ray Train's latest checkpoint."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, []
+    with checkpoint.as_directory() as directory:
+        _, client_state = engine.load_checkpoint(directory)
+    if client_state is None:
+        raise RuntimeError(f"the checkpoint in {checkpoint.path} holds no DeepSpeed state")
+    if client_state["plan"] != asdict(plan):
+        raise ValueError(
+            f"the checkpoint in {checkpoint.path} was made with batch plan {client_state['plan']}, this run "
+            f"has {asdict(plan)} (pairs, batch sizes, workers, epochs or seed changed): its data position "
+            "would be wrong. Train with resume=False to start over."
+        )
+    return client_state["step"], client_state["history"]
+
+
+def _save(engine, step: int, history: list[dict], plan, metrics: dict) -> None:
+    """Rank-collective DeepSpeed checkpoint, handed to Ray Train, which merges the workers'
+    files into one checkpoint directory under <out_dir>/ds_checkpoint and keeps the latest."""
+    with tempfile.TemporaryDirectory(prefix="ds-checkpoint-") as directory:
+        engine.save_checkpoint(directory, tag=f"step_{step}",
+                               client_state={"step": step, "history": history, "plan": asdict(plan)})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=f"step_{step:08d}")
