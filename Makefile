@@ -31,5 +31,7 @@ test: setup
 test-all: setup
 	$(PY) -m pytest -m "" $(ARGS)
 
+BENCHMARKS := bench_yes_no_prefix bench_multiseed_sampling bench_pipeline_actors
+
 bench: setup
-	$(PY) bench/run_all.py $(ARGS)
+	for b in $(BENCHMARKS); do $(PY) -m bench.$$b || exit 1; done

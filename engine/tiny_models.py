@@ -255,25 +255,55 @@ def _parse_tiny_name(path: str) -> tuple[str, int]:
 
 def resolve_model_path(path: str, cache_dir: str) -> str:
     """A local model directory for `path`: "tiny:llava" / "tiny:llm" (optionally "@<seed>")
-    are built once under cache_dir; anything else is returned unchanged.
-
-    Several processes (Ray actors) may resolve at once: one builds under a file lock into a
-    staging directory and renames it into place, so a visible directory is always complete.
+    are built once under cache_dir; a remote fsspec URL (s3://, gs://, ... e.g. a checkpoint a
+    run wrote to its bucket) is downloaded once under cache_dir/remote, because neither
+    transformers nor vLLM load from such URLs; a local directory or hub id is returned unchanged.
     """
-    if not path.startswith(TINY_PREFIX):
-        return path
-    name, seed = _parse_tiny_name(path)
-    root = Path(cache_dir).resolve()
-    target = root / f"{name}-seed{seed}-{_build_digest()}"
+    if path.startswith(TINY_PREFIX):
+        name, seed = _parse_tiny_name(path)
+        target = Path(cache_dir).resolve() / f"{name}-seed{seed}-{_build_digest()}"
+        return _build_once(target, lambda staging: _BUILDERS[name](staging, seed))
+    protocol, sep, _ = path.partition("://")
+    if sep and protocol not in ("file", "local"):
+        return _download_once(path, cache_dir)
+    return path
+
+
+def _download_once(url: str, cache_dir: str) -> str:
+    """The remote directory's files, cached under a key of its URL and listing (names, sizes),
+    so a model re-exported to the same URL is fetched again."""
+    from engine.storage import filesystem
+
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    files = {name: info.get("size") for name, info in fs.find(root, detail=True).items()}
+    if not files:
+        raise FileNotFoundError(f"model directory {url!r} is empty or missing")
+    key = hashlib.sha256(repr((url, sorted(files.items()))).encode()).hexdigest()[:16]
+    target = Path(cache_dir).resolve() / "remote" / f"{Path(root).name}-{key}"
+
+    def download(staging: Path) -> None:
+        for name in files:
+            local = staging / Path(name).relative_to(root)
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(name, str(local))
+
+    return _build_once(target, download)
+
+
+def _build_once(target: Path, build) -> str:
+    """Make `target` with build(staging_dir) unless it exists. Several processes (Ray actors)
+    may ask at once: one builds under a file lock into a staging directory and renames it into
+    place, so a visible directory is always complete."""
     if target.is_dir():
         return str(target)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{target.name}.lock", "w") as lock:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not target.is_dir():
-            staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}."))
+            staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
             try:
-                _BUILDERS[name](staging, seed)
+                build(staging)
                 staging.chmod(0o755)
                 os.rename(staging, target)
             except BaseException:

@@ -234,7 +234,7 @@ def test_resolve_builds_once_even_when_raced(tmp_path, monkeypatch):
 def test_resolve_names_seeds_and_passthrough(mllm_dir, model_cache):
     assert resolve_model_path("tiny:llava@0", model_cache) == mllm_dir
     assert Path(mllm_dir).is_absolute() and (Path(mllm_dir) / "processor_config.json").is_file()
-    for other in ("llava-hf/llava-1.5-7b-hf", "/models/labeler", "s3://bucket/model"):
+    for other in ("llava-hf/llava-1.5-7b-hf", "/models/labeler", "file:///models/labeler"):
         assert resolve_model_path(other, model_cache) == other
     for bad in ("tiny:gpt", "tiny:llava@x", "tiny:llava@-1", "tiny:llava@", "tiny:"):
         with pytest.raises(ValueError, match=r"known: tiny:llava\[@<seed>\], tiny:llm\[@<seed>\]"):
@@ -298,3 +298,19 @@ def test_vllm_loads_and_generates_with_both_tiny_models(tmp_path, mllm_dir, llm_
     assert done.returncode == 0, done.stderr[-4000:]
     assert done.stdout.count("generated 4") == 2, done.stdout
     assert "chat prompt '<s>USER: <image>\\nIs there a red star? ASSISTANT:'" in done.stdout, done.stdout
+
+
+def test_remote_model_dirs_are_downloaded_once_and_refreshed_when_rewritten(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/run/model/config.json": b"{}", "/run/model/sub/weights.bin": b"12345"})
+    local = resolve_model_path("memory://run/model", str(tmp_path))
+    assert Path(local, "config.json").read_bytes() == b"{}"
+    assert Path(local, "sub", "weights.bin").read_bytes() == b"12345"
+    assert resolve_model_path("memory://run/model", str(tmp_path)) == local  # cached
+    fs.pipe({"/run/model/sub/weights.bin": b"123456"})  # re-exported: new content
+    refreshed = resolve_model_path("memory://run/model", str(tmp_path))
+    assert refreshed != local and Path(refreshed, "sub", "weights.bin").read_bytes() == b"123456"
+    with pytest.raises(FileNotFoundError, match="memory://nowhere"):
+        resolve_model_path("memory://nowhere", str(tmp_path))

@@ -1,0 +1,249 @@
+"""The main job: two real iterations on CPU, fail-fast checks, exact resume after SIGKILL, and
+`ray job submit` against a real local cluster (the last two are slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from safetensors.torch import load_file
+
+from engine.config import load_config
+from engine.iterate import run_iterations
+from engine.storage import read_parquet_dir
+from engine.tiny_models import resolve_model_path
+
+REPO = Path(__file__).resolve().parent.parent
+# The smoke config, cut to 8 instructions so two iterations take about a minute each on 2 cores.
+FAST = ["input.limit=8", "train.checkpoint_every_steps=2"]
+# Fields of a summary that depend on timing, on resumption or on where the run lives.
+UNSTABLE = {"wall_seconds", "instructions_per_second", "instructions_resumed", "stages", "step_seconds",
+            "policy", "model_dir"}
+
+
+def overrides(out_dir: Path) -> list[str]:
+    return [*FAST, f"run.output_dir={out_dir}"]
+
+
+def stable(data):
+    """A summary without its timing- and location-dependent fields; floats rounded to 1e-4
+    (training on CPU after a resume repeats exactly; rounding only guards the JSON text)."""
+    if isinstance(data, dict):
+        return {key: stable(value) for key, value in data.items() if key not in UNSTABLE}
+    if isinstance(data, list):
+        return [stable(value) for value in data]
+    if isinstance(data, float):
+        return round(data, 4)
+    return data
+
+
+def pairs_of(run_dir: Path, k: int) -> list[dict]:
+    """An iteration's pairs by id, without policy_id (a path under the run directory)."""
+    rows = read_parquet_dir(str(run_dir / f"iter_{k}" / "pairs")).drop_columns(["policy_id"]).to_pylist()
+    return sorted(rows, key=lambda row: row["pair_id"])
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    for k in (0, 1):
+        pa_, pb = pairs_of(a, k), pairs_of(b, k)
+        assert [p["pair_id"] for p in pa_] == [p["pair_id"] for p in pb]
+        for x, y in zip(pa_, pb):
+            for key in x:
+                if key.startswith("ref_"):
+                    assert x[key] == pytest.approx(y[key], abs=1e-4), (k, x["pair_id"], key)
+                else:
+                    assert x[key] == y[key], (k, x["pair_id"], key)
+        summary_a = json.loads((a / f"iter_{k}" / "summary.json").read_text())
+        summary_b = json.loads((b / f"iter_{k}" / "summary.json").read_text())
+        assert stable(summary_a) == stable(summary_b)
+
+
+@pytest.fixture(scope="module")
+def two_iterations(tmp_path_factory, ray_local, model_cache):
+    out = tmp_path_factory.mktemp("iterate")
+    cfg = load_config(None, [*overrides(out), f"models.cache_dir={model_cache}"])
+    summaries = run_iterations(cfg, echo=lambda text: None)
+    return cfg, out / cfg.run.name, summaries
+
+
+def test_two_iterations_and_the_second_samples_from_the_first_checkpoint(two_iterations):
+    cfg, run_dir, summaries = two_iterations
+    assert [s["iteration"] for s in summaries] == [0, 1]
+    first, second = summaries
+    assert first["generation"]["pairs"] > 0 and first["train"]["steps"] > 0
+    trained = first["train"]["model_dir"]
+    assert Path(trained) == run_dir / "iter_0" / "checkpoint" / "model"
+    assert second["policy"] == trained
+    # Iteration 1's pairs were sampled and reference-scored by that checkpoint...
+    assert set(pq.read_table(run_dir / "iter_1" / "pairs").column("policy_id").to_pylist()) == {trained}
+    # ...whose weights are not the initial model's.
+    initial = load_file(Path(resolve_model_path(cfg.models.policy.path, cfg.models.cache_dir)) / "model.safetensors")
+    after = load_file(Path(trained) / "model.safetensors")
+    assert initial.keys() == after.keys()
+    assert any(not initial[key].equal(after[key]) for key in initial)
+    for summary in summaries:
+        on_disk = json.loads((run_dir / f"iter_{summary['iteration']}" / "summary.json").read_text())
+        assert on_disk == summary
+        train = summary["train"]
+        for metric in ("loss", "rewards/accuracies", "rewards/margins"):
+            assert metric in train["metrics"]
+        assert set(summary["generation"]["pairs_dropped"]) == {
+            "score_gap_too_small", "equal_text", "over_per_instruction_cap", "length_balance"}
+    manifest = json.loads((run_dir / "run.json").read_text())
+    assert manifest["config"]["input"]["limit"] == 8
+
+
+def test_a_finished_run_is_not_redone_and_a_changed_config_is_refused(two_iterations):
+    cfg, run_dir, summaries = two_iterations
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")}
+    assert run_iterations(cfg, echo=lambda text: None) == summaries
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")} == before
+
+    from engine.run import ConfigChanged
+
+    changed = load_config(None, [*overrides(run_dir.parent), f"models.cache_dir={cfg.models.cache_dir}",
+                                 "train.beta=0.2", "sample.temperature=0.9"])
+    with pytest.raises(ConfigChanged, match="sample.temperature, train.beta"):
+        run_iterations(changed, echo=lambda text: None)
+
+
+def job_args(out_dir: Path, cache: str) -> list[str]:
+    return [sys.executable, "jobs/iterate.py", *[a for o in overrides(out_dir) for a in ("--set", o)],
+            "--set", f"models.cache_dir={cache}"]
+
+
+def run_job(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "jobs/iterate.py", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--set", "sample.temprature=0.5"], "sample.temprature"),
+    (["--set", "models.policy.path=/no/such/model"], "models.policy.path '/no/such/model' does not exist"),
+    (["--set", "input.path=/no/such/instructions.parquet"], "'/no/such/instructions.parquet' does not exist"),
+    (["--set", "input.path=nosuchproto://bucket/x.parquet"], "'nosuchproto://bucket/x.parquet' is not reachable"),
+])
+def test_bad_configs_fail_fast_naming_the_problem_before_any_model_loads(args, named, tmp_path):
+    started = time.perf_counter()
+    result = run_job(*args, "--set", f"run.output_dir={tmp_path}")
+    assert result.returncode != 0
+    assert named in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    for sign_of_work in ("Started a local Ray instance", "Loading weights"):
+        assert sign_of_work not in result.stderr + result.stdout
+    assert not (tmp_path / "smoke").exists()
+    assert time.perf_counter() - started < 60
+
+
+# ------------------------------------------------------------------ crash-resume (slow)
+
+
+def wait_for(predicate, process, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            raise AssertionError(f"the job ended (rc {process.returncode}) before the kill point")
+        if time.monotonic() > deadline:
+            raise AssertionError("the kill point never came")
+        time.sleep(0.2)
+
+
+def kill_when(predicate, out_dir: Path, cache: str) -> None:
+    """Start the job in its own process group and SIGKILL the whole group (driver, local Ray,
+    actors, training workers) when predicate() holds."""
+    job = subprocess.Popen(job_args(out_dir, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(predicate, job)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+
+
+def any_file(directory: Path, pattern: str = "*") -> bool:
+    return directory.is_dir() and any(directory.rglob(pattern))
+
+
+KILL_POINTS = {
+    "mid-generation": lambda it: any_file(it / "rows", "*.parquet"),
+    "between-stages": lambda it: (it / "generation.json").exists(),
+    "mid-training": lambda it: any_file(it / "checkpoint" / "ds_checkpoint", "checkpoint_*"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_sigkill_then_rerun_ends_with_the_uninterrupted_runs_pairs_and_summaries(point, two_iterations, tmp_path,
+                                                                                 model_cache):
+    _, reference, _ = two_iterations
+    run_dir = tmp_path / "smoke"
+    kill_when(lambda: KILL_POINTS[point](run_dir / "iter_0"), tmp_path, model_cache)
+    assert not (run_dir / "iter_0" / "summary.json").exists()
+    result = subprocess.run(job_args(tmp_path, model_cache), cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_run(reference, run_dir)
+
+
+# ------------------------------------------------------------------ ray job submit (slow)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_up(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if head.poll() is not None:
+            raise AssertionError(f"ray start exited with {head.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} never answered")
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(tmp_path, model_cache):
+    """`ray start --head --block` in its own process group, so the test stops exactly this
+    cluster (`ray stop` would stop every Ray on the machine, the test session's included)."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port, dashboard = free_port(), free_port()
+    head = subprocess.Popen(
+        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
+         "--object-store-memory=300000000", "--disable-usage-stats"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        address = f"http://127.0.0.1:{dashboard}"
+        wait_until_up(f"{address}/api/version", head)
+        submitted = subprocess.run(
+            [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
+             "python", "jobs/iterate.py", "--config", "configs/smoke.toml",
+             *job_args(tmp_path, model_cache)[2:]],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+        assert "succeeded" in submitted.stdout
+        assert "iteration 1: training" in submitted.stdout
+        assert (tmp_path / "smoke" / "iter_1" / "summary.json").exists()
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
