@@ -39,6 +39,9 @@ class ModelsConfig(_Strict):
     policy: ModelConfig = ModelConfig(path="tiny:llava")
     labeler: ModelConfig = ModelConfig(path="tiny:llava")
     splitter: ModelConfig = ModelConfig(path="tiny:llm")
+    # Self-feedback (RLAIF-V's 12B recipe): iteration k's labeler is iteration k's policy, not
+    # the fixed labeler.path (whose other settings, backend and resources, still apply).
+    labeler_follows_policy: bool = False
     # Where `tiny:` models are built and cached.
     cache_dir: str = ".cache/tiny-models"
 
@@ -93,6 +96,10 @@ class SampleConfig(_Strict):
     temperature: float = 0.7
     top_p: float = 1.0
     max_new_tokens: int = 512
+    # Ablation "without deconfounding": answer j is decoded at confounded_temperatures[j % len]
+    # instead of `temperature`, so a pair's answers also differ in decoding settings (style).
+    # Empty (the method): every answer of an instruction is decoded alike.
+    confounded_temperatures: list[float] = []
     resources: Resources = Resources()
 
 
@@ -113,6 +120,10 @@ class ScoreConfig(_Strict):
     """Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) per question."""
 
     question_suffix: str = " Please answer yes or no."
+    # Ablation "without divide-and-conquer": false asks the labeler one question per answer,
+    # whole_answer_question with {answer} replaced by the answer, instead of one per claim.
+    divide_and_conquer: bool = True
+    whole_answer_question: str = "Is this an accurate description of the image: {answer}"
     resources: Resources = Resources()
 
 
@@ -151,6 +162,48 @@ class TrainConfig(_Strict):
     checkpoint_every_steps: int = 0
 
 
+class BonConfig(_Strict):
+    """Self-feedback Best-of-N (ALGORITHMS.md 7): n samples from the trained policy, ranked by
+    r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
+
+    # Model directories or tiny:<name>; "" means models.policy. Both run with models.policy's
+    # backend settings. With both "", every reward is 0 and the first sample wins.
+    policy: str = ""
+    reference: str = ""
+    n: int = 16
+    beta: float = 0.1
+    # false ranks by beta * (log-ratio) without 1/T, which favours short answers (comparison).
+    length_normalise: bool = True
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_new_tokens: int = 512
+    resources: Resources = Resources()
+
+
+class EvalConfig(_Strict):
+    """Object hallucination (ALGORITHMS.md 8) of a policy on held-out (image, objects) rows:
+    CHAIR over its descriptions plus yes/no probes about present and absent objects."""
+
+    # jobs/iterate.py evaluates every iteration's checkpoint when true.
+    enabled: bool = False
+    heldout_path: str = "data/smoke/heldout.parquet"
+    format: Literal["auto", "jsonl", "parquet"] = "auto"
+    # Evaluate at most this many rows (0 = all).
+    limit: int = 0
+    prompt: str = "Describe the image in detail."
+    # 0 is greedy decoding.
+    temperature: float = 0.0
+    max_new_tokens: int = 512
+    # Yes/no probes per image: half (rounded up) on listed objects, as many as the image has,
+    # the rest on objects it lacks. {object} becomes the name with its article ("an apple").
+    probes_per_image: int = 4
+    probe_question: str = "Is there {object} in the image? Please answer yes or no."
+    # Groups of data/vocab/objects.json ("scenes", "coco"); empty: the groups that name the
+    # held-out set's objects.
+    vocabulary: list[str] = []
+    resources: Resources = Resources()
+
+
 class Config(_Strict):
     run: RunConfig = RunConfig()
     input: InputConfig = InputConfig()
@@ -162,6 +215,8 @@ class Config(_Strict):
     score: ScoreConfig = ScoreConfig()
     pair: PairConfig = PairConfig()
     train: TrainConfig = TrainConfig()
+    bon: BonConfig = BonConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
