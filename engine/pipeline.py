@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from engine.config import Config, ModelConfig, Resources
 from engine.instruction_io import normalise_instructions
+from engine.ray_runtime import check_pools_fit
 from engine.schemas import INSTRUCTION_STATS_SCHEMA, REJECT_SCHEMA
 from engine.stages.pair import PairStage
 from engine.stages.sample import SampleStage
@@ -95,6 +96,8 @@ def plan_generation(cfg: Config, iteration: int, policy: ModelConfig, out_dir: s
                     done_ids: frozenset[str] = frozenset()):
     """The lazy Dataset of one generation pass; nothing runs until it is written."""
     cache, run, seed = cfg.models.cache_dir, cfg.run.name, cfg.run.seed
+    check_pools_fit({"sample": cfg.sample.resources, "split": cfg.split.resources,
+                     "score": cfg.score.resources, "pair": cfg.pair.resources})
     ds = read_instructions(cfg)
     if done_ids:
         ds = ds.map_batches(_skip_done(done_ids), batch_format="pyarrow")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 
-from engine.config import RayConfig
+from engine.config import ConfigError, RayConfig, Resources
 
 # A local run (laptop, tests) loads local model directories only: never reach for a hub.
 LOCAL_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+# True once this process started its own local cluster: a fixed size, with no autoscaler.
+_started_local = False
 
 
 def init_ray(ray_cfg: RayConfig) -> None:
@@ -15,6 +19,7 @@ def init_ray(ray_cfg: RayConfig) -> None:
     GPUs; with no address a local cluster is started with the configured CPU/object-store caps."""
     import ray
 
+    global _started_local
     if ray.is_initialized():
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
@@ -22,6 +27,7 @@ def init_ray(ray_cfg: RayConfig) -> None:
         # A submitted job's runtime_env (working_dir, env vars) is the cluster's; keep it.
         ray.init(address=address)
     else:
+        _started_local = True
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
@@ -31,3 +37,23 @@ def init_ray(ray_cfg: RayConfig) -> None:
             include_dashboard=False,
             runtime_env={"env_vars": {key: os.environ[key] for key in LOCAL_ENV}},
         )
+
+
+def check_pools_fit(pools: dict[str, Resources]) -> None:
+    """On a local cluster this job started, the actor pools' minimum sizes must fit at once, or
+    Ray Data waits forever for actors that can never be placed. (On a cluster the autoscaler
+    may add nodes, so nothing is checked there.)"""
+    import ray
+
+    if not _started_local:
+        return
+    available = ray.cluster_resources()
+    for resource, per_actor in (("CPU", lambda r: r.num_cpus), ("GPU", lambda r: r.num_gpus)):
+        need = {name: r.min_actors * per_actor(r) for name, r in pools.items()}
+        if sum(need.values()) > available.get(resource, 0) + 1e-9:
+            asked = ", ".join(f"{name} {value:g}" for name, value in need.items() if value)
+            raise ConfigError(
+                f"the stages' minimum actor pools need {sum(need.values()):g} {resource} ({asked}) but this "
+                f"local Ray has {available.get(resource, 0):g}: lower <stage>.resources.num_{resource.lower()}s "
+                "or min_actors, or raise ray.num_cpus"
+            )

@@ -19,14 +19,19 @@ def main(config_path, overrides, out_dir, iteration):
     """Run one generation pass (validate, sample, split, score, pair, write) on Ray Data and
     print its summary. Re-running with the same --out resumes: finished instructions are skipped."""
     cfg = load_or_exit(config_path, overrides)
-    from engine.pipeline import generate_pairs
+    from engine.config import ConfigError
+    from engine.pipeline import InputError, check_input, generate_pairs
     from engine.ray_runtime import init_ray
     from engine.storage import join
     from engine.summary import format_summary
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "generate")
-    init_ray(cfg.ray)
-    summary = generate_pairs(cfg, iteration, out_dir)
+    try:
+        check_input(cfg.input.path)  # before Ray starts
+        init_ray(cfg.ray)
+        summary = generate_pairs(cfg, iteration, out_dir)
+    except (InputError, ConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(format_summary(summary))
     click.echo(f"pairs written to {join(out_dir, 'pairs')}")
 

@@ -22,6 +22,7 @@ def main(config_path, overrides, allow_config_change):
     """Run or resume the iterations of configs' [run] section into <run.output_dir>/<run.name>/.
     Re-running the same command after a crash skips finished stages and redoes only the rest."""
     cfg = load_or_exit(config_path, overrides)
+    from engine.config import ConfigError
     from engine.iterate import run_iterations
     from engine.pipeline import InputError
     from engine.preflight import PreflightError, preflight
@@ -32,7 +33,7 @@ def main(config_path, overrides, allow_config_change):
         preflight(cfg)  # seconds, before Ray starts or any model loads
         init_ray(cfg.ray)
         run_iterations(cfg, allow_config_change, echo=click.echo)
-    except (InputError, PreflightError, ConfigChanged) as exc:
+    except (InputError, PreflightError, ConfigChanged, ConfigError) as exc:
         raise click.ClickException(str(exc)) from None
 
 

@@ -22,6 +22,7 @@ from engine.storage import read_parquet_dir
 from engine.tiny_models import resolve_model_path
 
 REPO = Path(__file__).resolve().parent.parent
+SMOKE = REPO / "configs" / "smoke.toml"
 # The smoke config, cut to 8 instructions so two iterations take about a minute each on 2 cores.
 FAST = ["input.limit=8", "train.checkpoint_every_steps=2"]
 # Fields of a summary that depend on timing, on resumption or on where the run lives.
@@ -69,7 +70,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def two_iterations(tmp_path_factory, ray_local, model_cache):
     out = tmp_path_factory.mktemp("iterate")
-    cfg = load_config(None, [*overrides(out), f"models.cache_dir={model_cache}"])
+    cfg = load_config(SMOKE, [*overrides(out), f"models.cache_dir={model_cache}"])
     summaries = run_iterations(cfg, echo=lambda text: None)
     return cfg, out / cfg.run.name, summaries
 
@@ -109,7 +110,7 @@ def test_a_finished_run_is_not_redone_and_a_changed_config_is_refused(two_iterat
 
     from engine.run import ConfigChanged
 
-    changed = load_config(None, [*overrides(run_dir.parent), f"models.cache_dir={cfg.models.cache_dir}",
+    changed = load_config(SMOKE, [*overrides(run_dir.parent), f"models.cache_dir={cfg.models.cache_dir}",
                                  "train.beta=0.2", "sample.temperature=0.9"])
     with pytest.raises(ConfigChanged, match="sample.temperature, train.beta"):
         run_iterations(changed, echo=lambda text: None)
@@ -141,6 +142,16 @@ def test_bad_configs_fail_fast_naming_the_problem_before_any_model_loads(args, n
         assert sign_of_work not in result.stderr + result.stdout
     assert not (tmp_path / "smoke").exists()
     assert time.perf_counter() - started < 60
+
+
+def test_stage_pools_that_cannot_fit_the_local_cluster_are_an_error_not_a_hang(ray_local, model_cache, tmp_path):
+    from engine.config import ConfigError
+    from engine.pipeline import generate_pairs
+
+    cfg = load_config(SMOKE, [f"run.output_dir={tmp_path}", f"models.cache_dir={model_cache}",
+                              "score.resources.min_actors=2", "score.resources.num_cpus=1"])
+    with pytest.raises(ConfigError, match=r"need 2.75 CPU \(sample 0.25, split 0.25, score 2, pair 0.25\) but this local Ray has 2"):
+        generate_pairs(cfg, 0, str(tmp_path / "out"))
 
 
 # ------------------------------------------------------------------ crash-resume (slow)
