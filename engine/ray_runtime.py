@@ -32,6 +32,9 @@ def init_ray(ray_cfg: RayConfig) -> None:
         for key, value in LOCAL_ENV.items():
             os.environ.setdefault(key, value)
         ray.init(
+            # "local": a new cluster even when `ray start` left one on this machine, which a
+            # bare ray.init() would join, uncapped and with another job's settings.
+            address="local",
             num_cpus=ray_cfg.num_cpus or None,
             object_store_memory=ray_cfg.object_store_mb * 2**20,
             include_dashboard=False,

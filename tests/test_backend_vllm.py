@@ -92,7 +92,6 @@ def vllm_results(tiny_llava_dir, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_llava):  # noqa: F811
     hf = hf_llava.score_yes_no(noise_image(3), QUESTIONS)
     for (v_yes, v_no), (h_yes, h_no) in zip(vllm_results["yes_no"], hf, strict=True):
@@ -100,7 +99,6 @@ def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_llava):  # noqa: F8
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 def test_reference_logprobs_agree_with_hf(vllm_results, hf_llava):  # noqa: F811
     hf = hf_llava.logprobs(*_logprob_items())
     for (v_total, v_count), (h_total, h_count) in zip(vllm_results["logprobs"], hf, strict=True):
@@ -109,7 +107,6 @@ def test_reference_logprobs_agree_with_hf(vllm_results, hf_llava):  # noqa: F811
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 def test_vllm_sampling_repeats_per_seed(vllm_results):
     first, second, repeat = vllm_results["sample"]
     assert [first["seed"], second["seed"], repeat["seed"]] == SAMPLE_SEEDS
@@ -119,7 +116,6 @@ def test_vllm_sampling_repeats_per_seed(vllm_results):
 
 
 @pytest.mark.vllm
-@pytest.mark.slow
 def test_vllm_json_parses_as_the_schema(vllm_results):
     for text in vllm_results["json"]:
         claims = json.loads(text)["claims"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,8 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
+from fixtures_ray import ray_head
+
 from engine.config import load_config
 from engine.iterate import run_iterations
+from engine.schemas import PAIR_SCHEMA
 from engine.storage import read_parquet_dir
 from engine.tiny_models import resolve_model_path
 
@@ -27,7 +29,7 @@ SMOKE = REPO / "configs" / "smoke.toml"
 FAST = ["input.limit=8", "train.checkpoint_every_steps=2"]
 # Fields of a summary that depend on timing, on resumption or on where the run lives.
 UNSTABLE = {"wall_seconds", "instructions_per_second", "instructions_resumed", "stages", "step_seconds",
-            "policy", "model_dir"}
+            "policy", "model_dir", "model"}
 
 
 def overrides(out_dir: Path) -> list[str]:
@@ -48,7 +50,7 @@ def stable(data):
 
 def pairs_of(run_dir: Path, k: int) -> list[dict]:
     """An iteration's pairs by id, without policy_id (a path under the run directory)."""
-    rows = read_parquet_dir(str(run_dir / f"iter_{k}" / "pairs")).drop_columns(["policy_id"]).to_pylist()
+    rows = read_parquet_dir(str(run_dir / f"iter_{k}" / "pairs"), PAIR_SCHEMA).drop_columns(["policy_id"]).to_pylist()
     return sorted(rows, key=lambda row: row["pair_id"])
 
 
@@ -205,56 +207,22 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_runs_pairs_and_summaries
 # ------------------------------------------------------------------ ray job submit (slow)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_up(url: str, head: subprocess.Popen, timeout: float = 120) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if head.poll() is not None:
-            raise AssertionError(f"ray start exited with {head.returncode}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} never answered")
-
-
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(tmp_path, model_cache):
-    """`ray start --head --block` in its own process group, so the test stops exactly this
-    cluster (`ray stop` would stop every Ray on the machine, the test session's included)."""
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    port, dashboard = free_port(), free_port()
-    head = subprocess.Popen(
-        [str(bin_dir / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1", "--num-cpus=2",
-         "--object-store-memory=300000000", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        address = f"http://127.0.0.1:{dashboard}"
-        wait_until_up(f"{address}/api/version", head)
-        submitted = subprocess.run(
-            [str(bin_dir / "ray"), "job", "submit", f"--address={address}", "--working-dir", ".", "--",
-             "python", "jobs/iterate.py", "--config", "configs/smoke.toml",
-             *job_args(tmp_path, model_cache)[2:]],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
-        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
-        assert "succeeded" in submitted.stdout
-        assert "iteration 1: training" in submitted.stdout
-        assert (tmp_path / "smoke" / "iter_1" / "summary.json").exists()
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+    # The entrypoint's `python` is found on the head's PATH, as on a cluster node: this venv's.
+    with ray_head(dashboard=True, env={"PATH": env["PATH"]}) as head:
+        submit = [str(bin_dir / "ray"), "job", "submit", f"--address={head.dashboard_url}", "--working-dir", ".",
+                  "--", "python", "jobs/iterate.py", "--config", "configs/smoke.toml",
+                  *job_args(tmp_path, model_cache)[2:]]
+        for _ in range(60):  # the head answers before its job agent is up: "No available agent"
+            submitted = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+            if "No available agent" not in submitted.stderr:
+                break
+            time.sleep(2)
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout
+    assert "iteration 1: training" in submitted.stdout
+    assert (tmp_path / "smoke" / "iter_1" / "summary.json").exists()

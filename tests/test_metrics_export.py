@@ -6,15 +6,10 @@ Ray of conftest's ray_local fixture), runs a smoke generation against it and rea
 without it the endpoint never opens and that test is skipped.
 """
 
-import contextlib
 import importlib.util
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -23,11 +18,12 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from fixtures_ray import ray_head as start_ray_head
+
 from engine.metrics import TRAIN_GAUGES, prometheus_name, record_train_step
 from train.losses import dpo_loss
 
 ROOT = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 # The modules Ray's metrics agent (ray.dashboard.modules.reporter) imports beyond ray[data].
 AGENT_MODULES = ("opencensus", "aiohttp_cors", "opentelemetry.exporter.prometheus")
 # What the smoke pipeline counts (it diverts no rows, so no rejects).
@@ -41,47 +37,11 @@ def _has_metrics_agent() -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ray_head():
-    """A Ray head on loopback, in its own process group with its own temp dir and ports, so
-    it shares nothing with other Ray instances on the machine and stopping it kills its own
-    processes only (`ray stop` would kill every Ray on the machine)."""
-    port, metrics_port = _free_port(), _free_port()
-    # A short path: Ray's unix sockets live under it (107-byte limit).
-    temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")
-    log_path = Path(temp_dir) / "ray-start.log"
-    with open(log_path, "w") as log:
-        head = subprocess.Popen(
-            [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             f"--metrics-export-port={metrics_port}", f"--dashboard-agent-listen-port={_free_port()}",
-             f"--dashboard-port={_free_port()}", f"--ray-client-server-port={_free_port()}",
-             "--num-cpus=2", "--object-store-memory=268435456", "--include-dashboard=false",
-             "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-            # Workers report metrics every second (default 10 s): a short wait for /metrics.
-            env={**os.environ, "RAY_metrics_report_interval_ms": "1000"},
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 60
-        while "Ray runtime started" not in log_path.read_text():
-            assert head.poll() is None and time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}", metrics_port
-    finally:
-        # SIGTERM lets the raylet stop its workers; the autoscaler monitor and `ray start
-        # --block` itself linger after it, so the group is killed once that had a moment.
-        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(head.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                head.wait(timeout=5)
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    # Workers report metrics every second (default 10 s): a short wait for /metrics.
+    with start_ray_head(env={"RAY_metrics_report_interval_ms": "1000"}) as head:
+        yield head.address, head.metrics_port
 
 
 def _scrape(metrics_port: int) -> list:
