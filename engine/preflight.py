@@ -8,7 +8,7 @@ import re
 from engine.config import Config
 from engine.pipeline import check_input
 from engine.storage import exists
-from engine.toyworld.splitter import is_toy_model
+from engine.toyworld import is_toy_model
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 

@@ -8,12 +8,18 @@ from __future__ import annotations
 from engine.backends.base import Backend, Completion, Prompt, SamplingParams
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
+from engine.toyworld import is_toy_model
 
 __all__ = ["Backend", "Completion", "Prompt", "SamplingParams", "make_backend"]
 
 
 def make_backend(model_cfg: ModelConfig, cache_dir: str) -> Backend:
-    """Load the model named by `model_cfg` (a local dir or `tiny:<name>`) in its backend."""
+    """Load the model named by `model_cfg` (a local dir, `tiny:<name>`, or the toy world's
+    rule-based `toy:scene-grammar` splitter) in its backend."""
+    if is_toy_model(model_cfg.path):
+        from engine.toyworld.splitter import SceneGrammarSplitter
+
+        return SceneGrammarSplitter(model_cfg.path)
     path = resolve_model_path(model_cfg.path, cache_dir)
     if model_cfg.backend == "hf":
         from engine.backends.hf import HFBackend

@@ -1,5 +1,6 @@
 """Deconfounded sampling (ALGORITHMS.md 1): n answers per instruction from the policy, same
-decoding parameters, each with its own seed derived from (run seed, iteration, id, j)."""
+decoding parameters, each with its own seed derived from (run seed, iteration, id, j).
+sample.confounded_temperatures switches deconfounding off for the ablation."""
 
 from __future__ import annotations
 
@@ -17,17 +18,31 @@ class SampleStage(ModelStage):
         super().__init__(model_cfg, cache_dir, run_name, iteration)
         self.cfg = sample_cfg
         self.run_seed = run_seed
-        self.params = SamplingParams(
-            temperature=sample_cfg.temperature, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens
-        )
+        temperatures = sample_cfg.confounded_temperatures or [sample_cfg.temperature]
+        # (decoding parameters, the answer indices j decoded with them)
+        self.groups = [
+            (SamplingParams(temperature=t, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens),
+             [j for j in range(sample_cfg.n) if temperatures[j % len(temperatures)] == t])
+            for t in dict.fromkeys(temperatures[: sample_cfg.n])
+        ]
 
     def answer_seeds(self, instruction_id: str) -> list[int]:
         return [derive_seed(self.run_seed, self.iteration, instruction_id, j) for j in range(self.cfg.n)]
 
+    def sample(self, prompts: list[Prompt], seeds: list[list[int]]) -> list[list]:
+        """Per prompt, the completion of every seed, each decoded with its answer's parameters."""
+        completions = [[None] * len(row_seeds) for row_seeds in seeds]
+        for params, indices in self.groups:
+            group = self.backend.sample(prompts, [[row_seeds[j] for j in indices] for row_seeds in seeds], params)
+            for row_completions, drawn in zip(completions, group):
+                for j, completion in zip(indices, drawn):
+                    row_completions[j] = completion
+        return completions
+
     def process(self, rows: list[dict]) -> None:
         prompts = [Prompt(image=row_image(row), text=row["prompt"]) for row in rows]
         seeds = [self.answer_seeds(row["id"]) for row in rows]
-        for row, completions in zip(rows, self.backend.sample(prompts, seeds, self.params)):
+        for row, completions in zip(rows, self.sample(prompts, seeds)):
             row["answers"] = [c.text for c in completions]
             row["answer_seeds"] = [c.seed for c in completions]
             row["answer_tokens"] = [c.n_tokens for c in completions]

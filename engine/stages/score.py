@@ -1,6 +1,7 @@
 """Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) for every question of every answer.
 All questions of one instruction go to the backend together: they share the image prefix,
-which the backends compute once."""
+which the backends compute once. With score.divide_and_conquer = false (an ablation) each
+answer is one question about the whole answer instead."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ class ScoreStage(ModelStage):
     def process(self, rows: list[dict]) -> None:
         n_questions = 0
         for row in rows:
+            if not self.cfg.divide_and_conquer:
+                row["questions"] = [None if qs is None else [self.cfg.whole_answer_question.replace("{answer}", answer)]
+                                    for answer, qs in zip(row["answers"], row["questions"])]
             per_answer = row["questions"]
             flat = [labeler_question(q, self.cfg.question_suffix) for qs in per_answer if qs for q in qs]
             probs = iter(self.backend.score_yes_no(row_image(row), flat) if flat else [])

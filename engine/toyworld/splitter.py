@@ -1,0 +1,65 @@
+"""A toy-world claim splitter: the scene grammar parsed by rules, behind the backend protocol.
+
+Clearly a toy: no LLM. On real models the split stage asks an instruction-tuned LLM; here the
+answers are written in the scene grammar ("There is a red circle at the top left."), so a
+parser finds every object they name, exactly, and the method's other parts (sampling, the
+labeler's yes/no, pairs, DPO) are what the toy run tests. Each mentioned object becomes one
+claim ("There is a red circle in the image." / "Is there a red circle in the image?"), one
+per mention as CHAIR_i counts them; places are not claims, since CHAIR does not score them.
+
+Selected by models.splitter.path = "toy:scene-grammar" (engine.backends.make_backend).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from PIL import Image
+
+from engine.backends.base import Completion, Prompt, SamplingParams
+from engine.toyworld import TOY_PREFIX
+from engine.toyworld.grammar import existence_fact, existence_question, mentioned_objects
+
+SCENE_GRAMMAR = TOY_PREFIX + "scene-grammar"
+
+# The answer line of engine.claims.splitter_prompt.
+_ANSWER = re.compile(r"^Answer: (.*?)\n\nStep 1\.", re.DOTALL | re.MULTILINE)
+
+
+def split_scene_answer(answer: str) -> list[dict[str, str]]:
+    """The claims of one answer in the scene grammar, one per object mention, in order."""
+    return [{"fact": existence_fact(name), "question": existence_question(name)} for name in mentioned_objects(answer)]
+
+
+class SceneGrammarSplitter:
+    """Answers generate_json by parsing the answer quoted in the splitter prompt; the JSON is
+    what engine.claims parses, cut to the schema's maxItems."""
+
+    def __init__(self, path: str) -> None:
+        if path != SCENE_GRAMMAR:
+            raise ValueError(f"unknown toy model {path!r}; known: {SCENE_GRAMMAR}")
+
+    def generate_json(self, prompts: list[str], json_schema: dict, params: SamplingParams,
+                      seeds: list[int]) -> list[str]:
+        max_items = json_schema["properties"]["claims"].get("maxItems")
+        outputs = []
+        for prompt in prompts:
+            match = _ANSWER.search(prompt)
+            if match is None:
+                raise ValueError("the grammar splitter found no 'Answer: ...' line in its prompt")
+            claims = split_scene_answer(match[1])[:max_items]
+            outputs.append(json.dumps({"claims": claims}, separators=(",", ":")))
+        return outputs
+
+    def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
+        raise NotImplementedError("the grammar splitter only splits claims")
+
+    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        raise NotImplementedError("the grammar splitter only splits claims")
+
+    def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
+        raise NotImplementedError("the grammar splitter only splits claims")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,157 @@
+"""The toy world (issue 8): the toy policy script is deterministic and its output loads in the
+engine; the grammar splitter emits the claim JSON the split stage parses; the ablation switches
+change what the sample and score stages ask of their backends; configs/toyworld.toml runs."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+import pytest
+
+from engine.backends import make_backend
+from engine.backends.base import Completion, Prompt, SamplingParams
+from engine.claims import claims_json_schema, parse_claims, splitter_prompt
+from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
+from engine.preflight import check_model_path
+from engine.scenes import DESCRIBE, SceneObject, describe
+from engine.stages.sample import SampleStage
+from engine.stages.score import ScoreStage
+from engine.toyworld.sft_data import examples, noisy_description
+from engine.toyworld.train_policy import train_policy
+
+REPO = Path(__file__).resolve().parent.parent
+TOYWORLD = REPO / "configs" / "toyworld.toml"
+GRAMMAR = ModelConfig(path="toy:scene-grammar")
+SCENE = (SceneObject("red", "circle", "top left"), SceneObject("orange", "star", "center"))
+
+
+def split(answer: str, max_claims: int = 16) -> list:
+    splitter = make_backend(GRAMMAR, cache_dir="unused")
+    schema = claims_json_schema(max_claims, 64)
+    (text,) = splitter.generate_json([splitter_prompt(DESCRIBE, answer)], schema, SamplingParams(), [0])
+    return parse_claims(text, max_claims)
+
+
+def test_grammar_splitter_claims_every_object_mention():
+    claims = split(describe(SCENE))
+    assert [(c.fact, c.question) for c in claims] == [
+        ("There is a red circle in the image.", "Is there a red circle in the image?"),
+        ("There is an orange star in the image.", "Is there an orange star in the image?"),
+    ]
+    # Mentions as CHAIR counts them: plurals, bare shapes, each occurrence; nothing else.
+    assert [c.question for c in split("Two blue squares and a circle. A blue square.")] == [
+        "Is there a blue square in the image?", "Is there a circle in the image?", "Is there a blue square in the image?"]
+    assert split("Nothing at all.") == []
+    assert len(split(describe(SCENE), max_claims=1)) == 1
+
+
+def test_toy_models_are_named_and_checked():
+    check_model_path("splitter", "toy:scene-grammar")  # preflight lets it through
+    with pytest.raises(ValueError, match="unknown toy model"):
+        make_backend(ModelConfig(path="toy:nope"), cache_dir="unused")
+
+
+def test_noisy_descriptions_misname_one_object():
+    rng = random.Random(0)
+    noisy = [noisy_description(SCENE, rng, noise=1.0) for _ in range(20)]
+    assert all(text != describe(SCENE) and len(text.split()) == len(describe(SCENE).split()) for text in noisy)
+    assert noisy_description(SCENE, rng, noise=0.0) == describe(SCENE)
+    batch = examples(random.Random(0), 8, describe_share=0.5, max_objects=2, noise=0.5)
+    assert {e.response for e in batch if e.prompt != DESCRIBE} <= {"Yes", "No"}
+
+
+def _digest(model_dir: Path) -> str:
+    return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_toy_policy_script_is_deterministic_and_loads_in_the_engine(tmp_path):
+    tiny = ((2, 1, 0.5, 0.0), (2, 4, 0.5, 0.5))
+    first = train_policy(0, tmp_path / "a", phases=tiny, batch_size=4, log=lambda _: None)
+    second = train_policy(0, tmp_path / "b", phases=tiny, batch_size=4, log=lambda _: None)
+    other = train_policy(1, tmp_path / "c", phases=tiny, batch_size=4, log=lambda _: None)
+    assert _digest(first) == _digest(second) != _digest(other)
+    backend = make_backend(ModelConfig(path=str(first)), cache_dir="unused")
+    image = examples(random.Random(0), 1, 1.0, 1, 0.0)[0].image
+    (answers,) = backend.sample([Prompt(image, DESCRIBE)], [[1, 2]], SamplingParams(max_new_tokens=4))
+    assert len(answers) == 2
+    ((p_yes, p_no),) = backend.score_yes_no(image, ["Is there a red circle in the image? Please answer yes or no."])
+    assert 0 < p_yes + p_no <= 1
+
+
+class _RecordingBackend:
+    """Stands in for a model: records what a stage asks, answers with fixed values."""
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, items, seeds, params):
+        self.calls.append((params.temperature, seeds))
+        return [[Completion(f"t{params.temperature} s{s}", 1, s) for s in row] for row in seeds]
+
+    def score_yes_no(self, image, questions):
+        self.calls.append(questions)
+        return [(0.6, 0.4)] * len(questions)
+
+
+def _stage(stage_class, *args):
+    stage = stage_class(GRAMMAR, *args)  # the grammar splitter loads instantly; replaced below
+    stage.backend = _RecordingBackend()
+    return stage
+
+
+def test_confounded_sampling_decodes_answers_at_their_own_temperature():
+    cfg = SampleConfig(n=5, confounded_temperatures=[0.5, 1.5])
+    stage = _stage(SampleStage, cfg, "unused", "run", 0, 0)
+    row = {"id": "x", "prompt": DESCRIBE, "image": None}
+    stage.process([row])
+    seeds = stage.answer_seeds("x")
+    assert stage.backend.calls == [(0.5, [seeds[0::2]]), (1.5, [seeds[1::2]])]
+    assert row["answers"] == [f"t{[0.5, 1.5][j % 2]} s{s}" for j, s in enumerate(seeds)]
+    deconfounded = _stage(SampleStage, SampleConfig(n=3, temperature=0.7), "unused", "run", 0, 0)
+    deconfounded.process([dict(row)])
+    assert [t for t, _ in deconfounded.backend.calls] == [0.7]
+
+
+def test_whole_answer_scoring_asks_one_question_per_answer():
+    stage = _stage(ScoreStage, ScoreConfig(divide_and_conquer=False, whole_answer_question="Right? {answer}"),
+                   "unused", "run", 0)
+    row = {"answers": ["A red circle.", "Nothing.", "Cut off"], "questions": [["q1", "q2"], [], None], "image": None}
+    stage.process([row])
+    assert stage.backend.calls == [["Right? A red circle. Please answer yes or no.",
+                                    "Right? Nothing. Please answer yes or no."]]
+    assert row["questions"] == [["Right? A red circle."], ["Right? Nothing."], None]
+    assert row["p_yes"] == [[0.6], [0.6], None]
+
+
+def test_toyworld_config_loads_with_the_committed_policy():
+    cfg = load_config(TOYWORLD)
+    assert cfg.models.policy.path == cfg.models.labeler.path == "models/toy-policy"
+    assert (REPO / cfg.models.policy.path / "model.safetensors").is_file()
+    assert cfg.eval.enabled and (REPO / cfg.eval.heldout_path).is_file() and (REPO / cfg.input.path).is_file()
+
+
+def toyworld_config(tmp_path, model_cache, *extra):
+    """configs/toyworld.toml cut down to a few rows and short answers."""
+    return load_config(TOYWORLD, [
+        f'run.output_dir="{tmp_path}"', f'models.cache_dir="{model_cache}"', "input.limit=3", "sample.n=3",
+        "sample.max_new_tokens=24", "eval.limit=3", "eval.max_new_tokens=24", *extra])
+
+
+def test_toyworld_generation_pass_splits_with_the_grammar(ray_local, tmp_path, model_cache):
+    from engine.pipeline import generate_pairs
+
+    summary = generate_pairs(toyworld_config(tmp_path, model_cache), 0, str(tmp_path / "iter_0"))
+    assert summary["instructions"] == 3 and summary["answers_parsed"] == 9
+    assert summary["claims"] > 0
+
+
+@pytest.mark.slow
+def test_toyworld_runs_one_iteration_end_to_end(ray_local, tmp_path, model_cache):
+    from engine.toyworld.run import acceptance, format_table, run_seed, seed_config
+
+    cfg = seed_config(toyworld_config(tmp_path, model_cache, "run.iterations=1", "train.epochs=1"), 0)
+    metrics, _ = run_seed(cfg, echo=lambda _: None)
+    assert len(metrics) == 2 and all(0 <= m["chair_s"] <= 1 for m in metrics)
+    assert "CHAIR_s" in format_table({0: metrics}) and "chair_s_relative_cut" in acceptance({0: metrics})
