@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from pathlib import Path
 
 import fsspec
 import pyarrow as pa
@@ -17,6 +18,12 @@ import pyarrow.parquet as pq
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fsspec.core.url_to_fs(url)
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (URLs unchanged): Ray Train workers run in a directory of
+    their own, where a relative path would name another place."""
+    return url if "://" in url else str(Path(url).resolve())
 
 
 def join(base: str, *parts: str) -> str:

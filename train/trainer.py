@@ -23,6 +23,7 @@ import random
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -40,7 +41,7 @@ from engine import chat
 from engine.config import Config, TrainConfig
 from engine.metrics import record_train_step
 from engine.ray_runtime import init_ray
-from engine.storage import exists, filesystem, join, read_json, write_json_atomic
+from engine.storage import absolute, exists, filesystem, join, read_json, write_json_atomic
 from engine.tiny_models import resolve_model_path
 from train.data import BatchPlan, PairBatch, collate_pairs, read_pair_dataset, rows_of
 from train.export import export_model, is_local
@@ -82,6 +83,7 @@ def train_dpo(
     """
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    out_dir = absolute(out_dir)
     result_url = join(out_dir, RESULT_FILE)
     if not resume:
         _remove(out_dir, (RESULT_FILE, MODEL_DIR, CHECKPOINT_RUN))
@@ -89,6 +91,8 @@ def train_dpo(
         return TrainResult(**read_json(result_url))
     train_cfg = cfg.train
     init_dir = resolve_model_path(init_model, cfg.models.cache_dir)
+    if Path(init_dir).is_dir():  # a local directory, not a hub id
+        init_dir = absolute(init_dir)
     init_ray(cfg.ray)
     dataset = read_pair_dataset(pairs_dir)
     storage_path, storage_fs = _ray_storage(out_dir)
