@@ -155,7 +155,7 @@ def run_bon(cfg: Config, out_dir: str) -> tuple[dict, pa.Table]:
     candidates and rejects per batch as they stream in and the summary last. Returns the
     summary and every candidate. out_dir must hold no earlier Best-of-N output: files of
     another run would mix with this one's."""
-    from engine.pipeline import _actor_pool, read_instructions
+    from engine.pipeline import actor_pool, read_instructions
     from engine.stages.bon import BonStage
     from engine.stages.validate import validate_batch
     from engine.storage import exists, join, list_parquet, write_json_atomic, write_parquet_atomic
@@ -171,7 +171,7 @@ def run_bon(cfg: Config, out_dir: str) -> tuple[dict, pa.Table]:
     ds = ds.map_batches(validate_batch, fn_kwargs={"cfg": cfg.validate}, batch_format="pyarrow")
     ds = ds.map_batches(BonStage, fn_constructor_args=(policy, reference, cfg.bon, cfg.models.cache_dir,
                                                        cfg.run.name, cfg.run.seed),
-                        **_actor_pool(cfg.bon.resources))
+                        **actor_pool(cfg.bon.resources))
     tables, n_rejected = [], 0
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         rows = batch.to_pylist()

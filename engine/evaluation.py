@@ -72,10 +72,6 @@ def load_heldout(cfg: Config) -> list[dict]:
     return rows
 
 
-def with_article(name: str) -> str:
-    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
-
-
 def plan_probes(row: dict, vocab: hal.Vocabulary, eval_cfg: EvalConfig, run_seed: int) -> None:
     """Probe objects and their truth: half of probes_per_image (rounded up) drawn from the
     listed objects (all of them if fewer), the rest from the vocabulary's objects absent from
@@ -188,7 +184,7 @@ def evaluate_policy(cfg: Config, model_path: str, out_dir: str | None = None) ->
     if live:
         model_cfg = msgspec.structs.replace(cfg.models.policy, path=model_path)
         work = [{"id": row["id"], "image": row["image"],
-                 "questions": [cfg.eval.probe_question.format(object=with_article(name))
+                 "questions": [cfg.eval.probe_question.format(object=hal.with_article(name))
                                for name in row["probe_objects"]]}
                 for row in live]
         for row, result in zip(live, placed(cfg.eval.resources, model_pass, model_cfg, cfg.models.cache_dir,

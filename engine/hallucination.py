@@ -187,3 +187,8 @@ def probe_metrics(truths: Sequence[bool], answers: Sequence[bool]) -> dict:
         "f1": _ratio(2 * precision * recall, precision + recall),
         "yes_ratio": _ratio(n - answered_no, n),
     }
+
+
+def with_article(name: str) -> str:
+    """An object name as a question or claim uses it: "an orange star", "a dog"."""
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"

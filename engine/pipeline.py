@@ -68,7 +68,7 @@ def read_instructions(cfg: Config):
     return ds.map_batches(normalise_instructions, batch_format="pyarrow")
 
 
-def _actor_pool(resources: Resources) -> dict:
+def actor_pool(resources: Resources) -> dict:
     """map_batches arguments for a model stage's autoscaling actor pool."""
     from ray.data import ActorPoolStrategy
 
@@ -103,13 +103,13 @@ def plan_generation(cfg: Config, iteration: int, policy: ModelConfig, out_dir: s
         ds = ds.map_batches(_skip_done(done_ids), batch_format="pyarrow")
     ds = ds.map_batches(validate_batch, fn_kwargs={"cfg": cfg.validate}, batch_format="pyarrow")
     ds = ds.map_batches(SampleStage, fn_constructor_args=(policy, cfg.sample, cache, run, seed, iteration),
-                        **_actor_pool(cfg.sample.resources))
+                        **actor_pool(cfg.sample.resources))
     ds = ds.map_batches(SplitStage, fn_constructor_args=(cfg.models.splitter, cfg.split, cache, run, seed, iteration),
-                        **_actor_pool(cfg.split.resources))
+                        **actor_pool(cfg.split.resources))
     ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg.models.labeler, cfg.score, cache, run, iteration),
-                        **_actor_pool(cfg.score.resources))
+                        **actor_pool(cfg.score.resources))
     ds = ds.map_batches(PairStage, fn_constructor_args=(policy, cfg.pair, cache, run, seed, iteration),
-                        **_actor_pool(cfg.pair.resources))
+                        **actor_pool(cfg.pair.resources))
     return ds
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from engine import hallucination as hal
 from engine.config import ConfigError, EvalConfig, load_config
-from engine.evaluation import EVAL_ROW_SCHEMA, METRICS_FILE, ROWS_FILE, evaluate_policy, plan_probes, with_article
+from engine.evaluation import EVAL_ROW_SCHEMA, METRICS_FILE, ROWS_FILE, evaluate_policy, plan_probes
 from engine.storage import read_json
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def test_probes_ask_about_listed_and_absent_objects():
     empty = {"id": "e", "objects": []}
     plan_probes(empty, hal.load_vocabulary(["coco"]), EvalConfig(probes_per_image=3), run_seed=0)
     assert empty["probe_truths"] == [False] * 3 and len(set(empty["probe_objects"])) == 3
-    assert (with_article("orange star"), with_article("dog")) == ("an orange star", "a dog")
+    assert (hal.with_article("orange star"), hal.with_article("dog")) == ("an orange star", "a dog")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -7,17 +7,16 @@ from __future__ import annotations
 from functools import cache
 
 from engine import hallucination
-from engine.evaluation import with_article
 
 VOCABULARY_GROUP = "scenes"
 
 
 def existence_fact(name: str) -> str:
-    return f"There is {with_article(name)} in the image."
+    return f"There is {hallucination.with_article(name)} in the image."
 
 
 def existence_question(name: str) -> str:
-    return f"Is there {with_article(name)} in the image?"
+    return f"Is there {hallucination.with_article(name)} in the image?"
 
 
 @cache
