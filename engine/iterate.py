@@ -73,6 +73,8 @@ def _evaluate(cfg: Config, model_path: str, out_dir: str) -> dict | None:
     return evaluate_policy(cfg, model_path, out_dir)
 
 
+# Where an iteration's held-out evaluations go, under its directory.
+EVAL_INITIAL_DIR, EVAL_DIR = "eval_initial", "eval"
 EVAL_KEYS = ("chair_s", "chair_i", "mean_words", "probe_accuracy", "probe_f1")
 
 
@@ -112,9 +114,9 @@ def run_iterations(cfg: Config, allow_config_change: bool = False,
             summary = {"iteration": k, "policy": policy_path, "generation": generation,
                        "train": {key: value for key, value in train.items() if key != "history"}}
             if k == 0 and cfg.eval.enabled:  # the baseline every later iteration compares with
-                summary["eval_initial"] = _evaluate(cfg_k, policy_path, join(it_dir, "eval_initial"))
+                summary["eval_initial"] = _evaluate(cfg_k, policy_path, join(it_dir, EVAL_INITIAL_DIR))
             if cfg.eval.enabled:
-                summary["eval"] = _evaluate(cfg_k, train["model_dir"], join(it_dir, "eval"))
+                summary["eval"] = _evaluate(cfg_k, train["model_dir"], join(it_dir, EVAL_DIR))
             write_json_atomic(summary, summary_url)
         echo(format_iteration(summary))
         summaries.append(summary)

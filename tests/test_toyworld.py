@@ -12,7 +12,7 @@ import pytest
 
 from engine.backends import make_backend
 from engine.backends.base import Completion, Prompt, SamplingParams
-from engine.claims import claims_json_schema, parse_claims, splitter_prompt
+from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, splitter_prompt
 from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
 from engine.preflight import check_model_path
 from engine.scenes import DESCRIBE, SceneObject, describe
@@ -40,10 +40,18 @@ def test_grammar_splitter_claims_every_object_mention():
         ("There is a red circle in the image.", "Is there a red circle in the image?"),
         ("There is an orange star in the image.", "Is there an orange star in the image?"),
     ]
-    # Mentions as CHAIR counts them: plurals, bare shapes, each occurrence; nothing else.
-    assert [c.question for c in split("Two blue squares and a circle. A blue square.")] == [
-        "Is there a blue square in the image?", "Is there a circle in the image?", "Is there a blue square in the image?"]
-    assert split("Nothing at all.") == []
+    # A last sentence cut off by the token limit still counts, up to what it names.
+    assert [c.question for c in split(describe(SCENE) + " There is a blue square at the")][-1] == (
+        "Is there a blue square in the image?")
+    assert split("") == []
+
+
+@pytest.mark.parametrize("answer", ["There square at the top.", "There is a red circle at the top left.Answer",
+                                    "Two blue squares and a circle.", "There is aNo"])
+def test_grammar_splitter_diverts_sentences_outside_the_grammar(answer):
+    """Read as bare objects, broken sentences would be easier claims than grammatical ones."""
+    with pytest.raises(ClaimsUnparseable, match="not in the scene grammar"):
+        split(describe(SCENE) + " " + answer)
     assert len(split(describe(SCENE), max_claims=1)) == 1
 
 

@@ -25,6 +25,7 @@ import msgspec
 from engine import hallucination as hal
 from engine.cli import load_or_exit, set_option
 from engine.config import Config, load_config
+from engine.toyworld.grammar import grammatical_share
 from engine.toyworld.run import COLUMNS, TOYWORLD_CONFIG, mean, run_seed, seed_config
 
 # (row title, run-name suffix, overrides) of the trained variants; "" is the main run.
@@ -39,6 +40,7 @@ def bon_metrics(cfg: Config, policy_dir: str, length_normalise: bool, out_dir: s
     """CHAIR and length of the answers Best-of-N picks on the held-out scenes (engine.bon),
     reusing a finished pass in out_dir."""
     from engine.bon import BON_CANDIDATE_SCHEMA, MANIFEST, run_bon
+    from engine.evaluation import score_rows
     from engine.instruction_io import read_instructions
     from engine.storage import exists, join, read_parquet_dir
 
@@ -49,14 +51,11 @@ def bon_metrics(cfg: Config, policy_dir: str, length_normalise: bool, out_dir: s
     else:
         _, candidates = run_bon(cfg, out_dir)
     objects = {row["id"]: row["objects"] for row in read_instructions(cfg.eval.heldout_path).to_pylist()}
-    chosen = [row for row in candidates.to_pylist() if row["chosen"]]
+    rows = [{"description": row["response"], "objects": objects[row["instruction_id"]], "probe_truths": [],
+             "p_yes": [], "p_no": []} for row in candidates.to_pylist() if row["chosen"]]
     vocab = hal.load_vocabulary(cfg.eval.vocabulary or hal.groups_for(objects.values()))
-    mentions = [hal.extract_mentions(row["response"], vocab) for row in chosen]
-    invented = [hal.hallucinated(m, hal.ground_truth_set(objects[row["instruction_id"]], vocab))
-                for m, row in zip(mentions, chosen)]
-    chair = hal.chair(mentions, invented)
-    return {"chair_s": chair["chair_s"], "chair_i": chair["chair_i"], "probe_accuracy": float("nan"),
-            "mean_words": mean([len(row["response"].split()) for row in chosen])}
+    return {**score_rows(rows, vocab), "probe_accuracy": float("nan"),
+            "grammatical": grammatical_share([row["description"] for row in rows])}
 
 
 def ablation_rows(config_path: str, overrides: tuple[str, ...], seeds: list[int], echo) -> dict[str, list[dict]]:

@@ -11,6 +11,8 @@ PLOTTED = (
     ("chair_i", "CHAIR_i (hallucinated mentions)"),
     ("probe_accuracy", "yes/no probe accuracy"),
     ("mean_words", "mean description length (words)"),
+    ("grammatical", "descriptions wholly in the scene grammar"),
+    ("coverage", "coverage (scene objects named)"),
 )
 
 
@@ -21,7 +23,7 @@ def plot_metrics(per_seed: dict[int, list[dict]], out: str | Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(9, 6.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
     for ax, (key, label) in zip(axes.flat, PLOTTED):
         series = [[m[key] for m in metrics] for metrics in per_seed.values()]
         for seed, values in zip(per_seed, series):

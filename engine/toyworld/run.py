@@ -17,14 +17,16 @@ from typing import Callable
 
 import click
 import msgspec
+import pyarrow.parquet as pq
 
 from engine.cli import load_or_exit, set_option
 from engine.config import Config
+from engine.toyworld.grammar import grammatical_share
 
 TOYWORLD_CONFIG = "configs/toyworld.toml"
 # (metric key of engine.evaluation, column title)
 COLUMNS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("probe_accuracy", "yes/no acc"),
-           ("mean_words", "words"))
+           ("mean_words", "words"), ("coverage", "coverage"), ("grammatical", "grammatical"))
 
 
 def seed_config(cfg: Config, seed: int, name: str | None = None) -> Config:
@@ -48,13 +50,32 @@ def iteration_metrics(summaries: list[dict]) -> list[dict]:
     return [summaries[0]["eval_initial"], *(summary["eval"] for summary in summaries)]
 
 
+def with_grammatical_share(cfg: Config, metrics: list[dict]) -> list[dict]:
+    """metrics, each with the share of its held-out descriptions in the scene grammar
+    (engine.toyworld.grammar), read from the evaluation rows the iterations wrote."""
+    from engine.evaluation import ROWS_FILE
+    from engine.iterate import EVAL_DIR, EVAL_INITIAL_DIR
+    from engine.run import RunDir
+    from engine.storage import filesystem, join
+
+    run = RunDir(cfg)
+    dirs = [join(run.iteration_dir(0), EVAL_INITIAL_DIR), *(join(run.iteration_dir(k), EVAL_DIR) for k in range(len(metrics) - 1))]
+    out = []
+    for values, eval_dir in zip(metrics, dirs):
+        fs, path = filesystem(join(eval_dir, ROWS_FILE))
+        with fs.open(path, "rb") as f:
+            descriptions = [text for text in pq.read_table(f, columns=["description"]).column(0).to_pylist() if text is not None]
+        out.append({**values, "grammatical": grammatical_share(descriptions)})
+    return out
+
+
 def run_seed(cfg: Config, echo: Callable[[str], None]) -> tuple[list[dict], float]:
     """Run (or resume) one seed's iterations; its per-iteration metrics and wall seconds."""
     from engine.iterate import run_iterations
 
     start = time.perf_counter()
     summaries = run_iterations(cfg, echo=echo)
-    return iteration_metrics(summaries), time.perf_counter() - start
+    return with_grammatical_share(cfg, iteration_metrics(summaries)), time.perf_counter() - start
 
 
 def mean(values: list[float]) -> float:
