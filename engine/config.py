@@ -143,6 +143,11 @@ class TrainConfig(_Strict):
     loss: Literal["dpo", "ddpo"] = "dpo"
     beta: float = 0.1
     gamma: float = 5.0
+    # Weight of an SFT term on the chosen answers (their mean token negative log-likelihood,
+    # TRL's "sft" loss type; RPO, Pang et al. 2024) added to the DPO loss. 0 is the reference
+    # method. It keeps the chosen answers likely while DPO widens the margin, which otherwise
+    # lowers both and moves probability onto text neither answer contains.
+    sft_weight: float = 0.0
     learning_rate: float = 5e-7
     weight_decay: float = 0.01
     warmup_ratio: float = 0.05

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import chat
-from train.losses import ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
+from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
 
 # Two pairs, beta = 0.1:
 #   chosen rewards   = 0.1 * (pc - rc) = 0.1 * [-10 - -11, -5 - -5]  = [0.1, 0.0]
@@ -102,9 +102,19 @@ def test_shifted_token_logps_sum_to_the_engines_sequence_logprobs():
     assert shifted_token_logps(logits, input_ids)[0, 0].item() == pytest.approx(expected.item())
 
 
-def test_matches_trl_dpo_sigmoid_loss():
+def test_chosen_nll_hand_computed():
+    # Rows 0-1 chosen, 2-3 rejected (ignored). Chosen response tokens: -2, -3 (row 0), -6 (row 1):
+    # NLL = (2 + 3 + 6) / 3 tokens = 11/3, a mean over tokens, not over rows ((2.5 + 6) / 2).
+    token_logps = torch.tensor([[-1.0, -2.0, -3.0], [-4.0, -5.0, -6.0], [-9.0, -9.0, -9.0], [-9.0, -9.0, -9.0]])
+    mask = torch.tensor([[0, 1, 1], [0, 0, 1], [1, 1, 1], [1, 1, 1]])
+    assert chosen_nll(token_logps, mask).item() == pytest.approx(11 / 3)
+
+
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_matches_trl_dpo_sigmoid_loss(sft_weight):
     """TRL >= 1 computes its loss inside DPOTrainer._compute_loss (no standalone function), so
-    drive it with a stand-in trainer and a model whose per-token log-probs sum to ours."""
+    drive it with a stand-in trainer and a model whose per-token log-probs sum to ours; with
+    sft_weight, TRL's loss types ["sigmoid", "sft"] weighted [1, sft_weight]."""
     pytest.importorskip("trl")
     from trl import DPOTrainer
 
@@ -116,7 +126,7 @@ def test_matches_trl_dpo_sigmoid_loss():
     trainer = SimpleNamespace(
         model=model, accelerator=SimpleNamespace(device="cpu", gather=lambda t: t, gather_for_metrics=lambda t: t),
         aux_loss_enabled=False, ld_alpha=None, precompute_ref_logps=True, f_divergence_type="reverse_kl",
-        loss_types=["sigmoid"], loss_weights=[1.0], beta=BETA, use_weighting=False,
+        loss_types=["sigmoid", "sft"], loss_weights=[1.0, sft_weight], beta=BETA, use_weighting=False,
         _metrics=defaultdict(lambda: defaultdict(list)), _total_train_tokens=0, _tp_size=1,
     )
     inputs = {"input_ids": torch.zeros(4, 3, dtype=torch.long), "attention_mask": torch.ones(4, 3, dtype=torch.long),
@@ -124,6 +134,7 @@ def test_matches_trl_dpo_sigmoid_loss():
               "ref_rejected_logps": rr.float()}
     trl_loss = DPOTrainer._compute_loss(trainer, lambda **kwargs: outputs, inputs, return_outputs=False)
     loss, metrics = dpo_loss(*_tensors(PC, PR, RC, RR), beta=BETA)
+    loss = loss + sft_weight * chosen_nll(per_token.double(), torch.ones(4, 2))
     assert trl_loss.item() == pytest.approx(loss.item(), abs=1e-6)
     for name, value in metrics.items():
         assert trainer._metrics["train"][name][-1] == pytest.approx(value.item(), abs=1e-6), name

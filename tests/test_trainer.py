@@ -113,6 +113,13 @@ def test_first_loss_is_log2_because_policy_equals_reference(baseline):
     assert abs(first["rewards/chosen"]) < 1e-4 and abs(first["rewards/rejected"]) < 1e-4
 
 
+def test_sft_weight_adds_the_chosen_nll_to_the_loss(model_cache, pairs_dir, tmp_path, ray_local):
+    run = train_dpo(config(model_cache, "train.sft_weight=0.5"), pairs_dir, "tiny:llava", str(tmp_path), resume=False)
+    first, last = run.history[0], run.history[-1]
+    assert first["loss"] == pytest.approx(math.log(2) + 0.5 * first["nll_loss"], abs=1e-4)  # DPO's part is log 2 at step 0
+    assert last["nll_loss"] < first["nll_loss"] and last["rewards/margins"] > 0
+
+
 def test_run_shape_and_metrics(baseline):
     assert baseline.steps == 8 and baseline.started_at_step == 0  # 8 pairs / 2 per step * 2 epochs
     assert [m["step"] for m in baseline.history] == list(range(1, 9))

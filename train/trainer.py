@@ -45,7 +45,7 @@ from engine.storage import absolute, exists, filesystem, join, read_json, write_
 from engine.tiny_models import resolve_model_path
 from train.data import BatchPlan, PairBatch, collate_pairs, read_pair_dataset, rows_of
 from train.export import export_model, is_local
-from train.losses import ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
+from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
 
 CHECKPOINT_RUN = "ds_checkpoint"
 MODEL_DIR = "model"
@@ -225,14 +225,34 @@ class _StepInputs:
         return batch.to(self.device, self.float_dtype)
 
 
-def _policy_logps(engine, batch, t: TrainConfig):
-    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted average."""
+def _token_logps(engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of the 2B sequences and the response mask aligned with them."""
     logits = engine(**batch.model_inputs, use_cache=False).logits
-    token_logps = shifted_token_logps(logits, batch.model_inputs["input_ids"])
-    response = batch.response_mask[:, 1:]
+    return shifted_token_logps(logits, batch.model_inputs["input_ids"]), batch.response_mask[:, 1:]
+
+
+def _sequence_logps(token_logps, response, batch, t: TrainConfig) -> torch.Tensor:
+    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted average."""
     if t.loss == "ddpo":
         return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], t.gamma)
     return summed_logps(token_logps, response)
+
+
+def _policy_logps(engine, batch, t: TrainConfig) -> torch.Tensor:
+    return _sequence_logps(*_token_logps(engine, batch), batch, t)
+
+
+def _batch_loss(engine, batch, t: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's loss and metrics: DPO (or DDPO), plus t.sft_weight times the chosen
+    answers' NLL when it is set."""
+    token_logps, response = _token_logps(engine, batch)
+    chosen, rejected = _sequence_logps(token_logps, response, batch, t).chunk(2)
+    loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, t.beta)
+    if t.sft_weight:
+        nll = chosen_nll(token_logps, response)
+        loss = loss + t.sft_weight * nll
+        metrics["nll_loss"] = nll.detach()
+    return loss, metrics
 
 
 def _optimizer_step(engine, inputs: _StepInputs, micro_batches: list[list[int]]) -> dict:
@@ -243,8 +263,7 @@ def _optimizer_step(engine, inputs: _StepInputs, micro_batches: list[list[int]])
     sums = None
     for indices in micro_batches:
         batch = inputs.batch(indices)
-        chosen, rejected = _policy_logps(engine, batch, inputs.t).chunk(2)
-        loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, inputs.t.beta)
+        loss, metrics = _batch_loss(engine, batch, inputs.t)
         engine.backward(loss)
         engine.step()
         rows = len(indices)
