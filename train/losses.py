@@ -30,7 +30,7 @@ def chosen_nll(token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.
     the batch's chosen sequences (the first half of the 2B rows), as TRL's "sft" loss type."""
     chosen_logps, _ = token_logps.chunk(2)
     chosen_mask, _ = response_mask.to(token_logps.dtype).chunk(2)
-    return -(chosen_logps * chosen_mask).sum() / chosen_mask.sum().clamp(min=1.0)
+    return -summed_logps(chosen_logps, chosen_mask).sum() / chosen_mask.sum().clamp(min=1.0)
 
 
 def ddpo_weighted_logps(
