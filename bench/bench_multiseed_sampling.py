@@ -20,6 +20,7 @@ from PIL import Image
 
 from engine.backends.base import Prompt, SamplingParams
 from engine.backends.hf import HFBackend
+from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
 
 
@@ -35,7 +36,7 @@ from engine.tiny_models import resolve_model_path
 @click.option("--image-size", default=336, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 def main(model, cache_dir, device, dtype, n_prompts, n, max_new_tokens, temperature, image_size, repeats):
-    backend = HFBackend(resolve_model_path(model, cache_dir), dtype=dtype, device=device)
+    backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype), device=device)
     rng = np.random.default_rng(0)
     items = [
         Prompt(Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)), "Describe the image in detail.")

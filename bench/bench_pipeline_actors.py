@@ -16,10 +16,8 @@ import tempfile
 import click
 
 from engine.config import load_config
-from engine.pipeline import generate_pairs
+from engine.pipeline import STAGES, generate_pairs
 from engine.ray_runtime import init_ray
-
-MODEL_STAGES = ("sample", "split", "score", "pair")
 
 
 @click.command()
@@ -36,7 +34,7 @@ def main(config_path, overrides, actors, cpus_per_actor):
     click.echo(f"{'actors/stage':<14}{'instructions':>13}{'seconds':>10}{'instr/s':>10}{'ratio':>8}")
     base_rate = None
     for k in counts:  # each row as soon as it is measured: a long run shows progress
-        stage_sets = [f"{s}.resources.{key}={value}" for s in MODEL_STAGES
+        stage_sets = [f"{spec.section}.resources.{key}={value}" for spec in STAGES
                       for key, value in (("min_actors", k), ("max_actors", k), ("num_cpus", cpus_per_actor))]
         cfg = load_config(config_path, [*overrides, *stage_sets])
         with tempfile.TemporaryDirectory() as out:

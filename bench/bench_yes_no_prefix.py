@@ -20,6 +20,7 @@ from PIL import Image
 
 from engine import vocabulary
 from engine.backends.hf import HFBackend
+from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
 
 
@@ -48,7 +49,8 @@ def images(count: int, size: int) -> list[Image.Image]:
 @click.option("--image-size", default=336, show_default=True)
 @click.option("--repeats", default=3, show_default=True)
 def main(model, cache_dir, device, dtype, n_images, n_questions, batch_size, image_size, repeats):
-    backend = HFBackend(resolve_model_path(model, cache_dir), dtype=dtype, device=device, batch_size=batch_size)
+    backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype, batch_size=batch_size),
+                        device=device)
     pictures, asked = images(n_images, image_size), questions(n_questions)
 
     def prefix():

@@ -27,12 +27,22 @@ class ModelConfig(_Strict):
     a random-weight model built offline on demand (see engine.tiny_models)."""
 
     path: str
-    backend: Literal["hf", "vllm"] = "hf"
+    backend: Literal["hf", "vllm", "toy-grammar"] = "hf"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_model_len: int = 2048
+    # hf only: rows per forward when scoring yes/no questions and log-probs (bounds the
+    # memory of the expanded image-prefix caches).
+    batch_size: int = 16
     # vLLM only: share of GPU memory for weights + KV cache, and tensor parallel degree.
     gpu_memory_utilization: float = 0.85
     tensor_parallel_size: int = 1
+
+
+def actor_gpus(resources: "Resources", model_cfg: ModelConfig) -> float:
+    """GPUs one actor of a stage asks for: resources.num_gpus is per tensor-parallel rank."""
+    if model_cfg.backend == "vllm":
+        return resources.num_gpus * model_cfg.tensor_parallel_size
+    return resources.num_gpus
 
 
 class ModelsConfig(_Strict):
@@ -113,6 +123,10 @@ class SplitConfig(_Strict):
     max_claim_chars: int = 200
     # Unparseable splitter output is retried this many times, then diverted to rejects/.
     max_retries: int = 2
+    # An answer with no claim is diverted as `no_claims`: neither scored nor paired (the
+    # released code asks no question about it). true is an ablation only: it then scores 0,
+    # the best score there is, so a vacuous answer beats every answer with one rejected claim.
+    score_claimless_answers: bool = False
     resources: Resources = Resources()
 
 

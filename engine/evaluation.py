@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from engine import hallucination as hal
 from engine.config import Config, ConfigError, EvalConfig, ModelConfig, Resources
-from engine.instruction_io import read_instructions
-from engine.pipeline import InputError, check_input
+from engine.instruction_io import read_instruction_table
+from engine.inputs import InputError, check_input
 from engine.seeds import derive_seed
 from engine.stages.validate import check_row
 from engine.storage import join, write_json_atomic, write_parquet_atomic
@@ -55,9 +55,9 @@ EVAL_ROW_SCHEMA = pa.schema(
 def load_heldout(cfg: Config) -> list[dict]:
     """The held-out rows, each validated as the pipeline's input (image read and checked) and
     diverted with a reason when unusable or without ground truth."""
-    check_input(cfg.eval.heldout_path)
+    check_input(cfg.eval.heldout_path, cfg.eval.format)
     try:
-        table = read_instructions(cfg.eval.heldout_path, cfg.eval.format)
+        table = read_instruction_table(cfg.eval.heldout_path, cfg.eval.format)
     except ValueError as exc:  # no id/prompt column, unknown format, unreadable JSONL
         raise InputError(f"held-out set {cfg.eval.heldout_path}: {exc}") from None
     if cfg.eval.limit:

@@ -26,7 +26,7 @@ PAIR_REF = pa.struct(
         ("ref_rejected_logps", pa.float64()),
     ]
 )
-STAGES = ("sample", "split", "score", "pair")
+STAGE_SECONDS = pa.struct([("stage", pa.string()), ("seconds", pa.float64())])
 
 FLIGHT_SCHEMA = pa.schema(
     list(INSTRUCTION_SCHEMA)
@@ -49,9 +49,15 @@ FLIGHT_SCHEMA = pa.schema(
         pa.field("dropped_gap", pa.int32()),
         pa.field("dropped_equal_text", pa.int32()),
         pa.field("dropped_cap", pa.int32()),
+        # Best-of-N (engine.stages.bon): per answer, both models' log-probs and the reward; the pick.
+        pa.field("policy_logps", pa.list_(pa.float64())),
+        pa.field("ref_logps", pa.list_(pa.float64())),
+        pa.field("rewards", pa.list_(pa.float64())),
+        pa.field("best_answer", pa.int32()),
+        # Busy seconds each stage spent on this row (its batch time shared over the batch's rows),
+        # in stage order: the written stats rows flatten it to one column per stage.
+        pa.field("stage_seconds", pa.list_(STAGE_SECONDS)),
     ]
-    # Busy seconds each stage spent on this row (its batch time shared over the batch's rows).
-    + [pa.field(f"seconds_{stage}", pa.float64()) for stage in STAGES]
 )
 
 
@@ -79,4 +85,4 @@ def timed(rows: list[dict], stage: str):
     yield
     share = (time.perf_counter() - start) / max(len(rows), 1)
     for row in rows:
-        row[f"seconds_{stage}"] = share
+        row["stage_seconds"] = [*(row.get("stage_seconds") or []), {"stage": stage, "seconds": share}]

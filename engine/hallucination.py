@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from engine.pairing import accepts
+
 VOCABULARY_PATH = Path(__file__).resolve().parent.parent / "data" / "vocab" / "objects.json"
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -159,9 +161,8 @@ def coverage(mentions: Sequence[Sequence[str]], listed: Sequence[frozenset[str]]
 
 
 def says_yes(p_yes: float, p_no: float) -> bool:
-    """The answer read from the yes/no probabilities: "no" exactly when p_no > p_yes, as the
-    labeler's rejection rule (ALGORITHMS.md 3)."""
-    return not p_no > p_yes
+    """The answer read from the yes/no probabilities, by the labeler's own rule (a tie is "no")."""
+    return accepts(p_yes, p_no)
 
 
 def probe_metrics(truths: Sequence[bool], answers: Sequence[bool]) -> dict:

@@ -120,7 +120,7 @@ def _read_jsonl(data: bytes, url: str) -> pa.Table:
         raise ValueError(f"{url}: a column mixes value types: {exc}") from None
 
 
-def read_instructions(url: str, format: str = "auto") -> pa.Table:
+def read_instruction_table(url: str, format: str = "auto") -> pa.Table:
     """A whole instruction file as one table (small inputs, tests, evaluation sets)."""
     fmt = instruction_format(url, format)
     fs, path = filesystem(url)

@@ -1,6 +1,6 @@
 """Iterative alignment: generate pairs with M_k, train M_k -> M_{k+1}, repeat (RLAIF-V).
 
-Each stage of each iteration is skipped when its completion marker exists (see engine.run),
+Each stage of each iteration is skipped when its completion marker exists (see engine.run_dir),
 so re-running the same command after a crash redoes only unfinished work.
 """
 
@@ -14,7 +14,7 @@ import msgspec
 from engine.config import Config
 from engine.pipeline import GENERATION_MANIFEST, generate_pairs
 from engine.preflight import preflight
-from engine.run import SUMMARY, RunDir
+from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
 from engine.summary import format_summary
 

@@ -18,6 +18,7 @@ COUNTERS: dict[str, str] = {
     "answers": "answers sampled",
     "tokens": "tokens generated or scored",
     "claims": "claims split from answers",
+    "no_claims": "answers diverted because the splitter found no claim in them",
     "questions": "yes/no questions scored",
     "pairs": "preference pairs made",
 }

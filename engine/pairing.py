@@ -1,4 +1,4 @@
-"""Combine (ALGORITHMS.md 4): answer scores, preference pairs per instruction, and the
+"""Combine (docs/algorithms.md §4): answer scores, preference pairs per instruction, and the
 length-balancing pass over an iteration's pairs. Pure functions on plain data."""
 
 from __future__ import annotations
@@ -10,12 +10,17 @@ from itertools import combinations
 DROP_RULES = ("gap_too_small", "equal_text", "over_per_instruction_cap")
 
 
-def answer_score(p_yes: list[float], p_no: list[float]) -> tuple[int, int]:
-    """(score, n_rejected) of one answer from its claims' labeler probabilities.
+def accepts(p_yes: float, p_no: float) -> bool:
+    """The labeler's verdict on one claim: accepted only when p_yes > p_no. A tie is rejected,
+    as in the released code: an undecided labeler is no evidence that the claim holds."""
+    return p_yes > p_no
 
-    A claim is rejected when p_no > p_yes (a tie is accepted); score = -n_rejected, so an
-    answer with no claims scores 0: neither rewarded nor punished."""
-    n_rejected = sum(no > yes for yes, no in zip(p_yes, p_no, strict=True))
+
+def answer_score(p_yes: list[float], p_no: list[float]) -> tuple[int, int]:
+    """(score, n_rejected) of one answer from its claims' labeler probabilities:
+    score = -n_rejected. An answer with no claims never gets here (the split stage diverts it
+    as `no_claims`), unless the ablation split.score_claimless_answers lets it score 0."""
+    n_rejected = sum(not accepts(yes, no) for yes, no in zip(p_yes, p_no, strict=True))
     return -n_rejected, n_rejected
 
 

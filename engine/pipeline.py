@@ -1,5 +1,9 @@
-"""One generation pass as a streamed Ray Data graph: read -> validate -> sample -> split ->
-score -> pair -> write, each model stage an autoscaling actor pool sized by config.
+"""One generation pass as a streamed Ray Data graph: read -> validate -> the model stages ->
+write. The model stages are data: STAGES, mapped in order by `map_stages`, each an
+autoscaling actor pool sized by its config section's `resources`.
+
+Adding a stage: write its ModelStage subclass in engine/stages/, add one StageSpec below.
+Its timing column, summary row, pool-fit check and dashboard metrics follow from the spec.
 
 `plan_generation` only builds the lazy Dataset (the plan); `generate_pairs` executes it,
 runs the length-balancing pass and writes the manifest last.
@@ -8,64 +12,49 @@ runs the length-balancing pass and writes the manifest last.
 from __future__ import annotations
 
 import time
+from typing import Mapping, Sequence
 
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.config import Config, ModelConfig, Resources
-from engine.instruction_io import normalise_instructions
+from engine.backends import BackendFactory
+from engine.config import Config, ModelConfig, Resources, actor_gpus
+from engine.inputs import read_instruction_dataset
 from engine.ray_runtime import check_pools_fit
-from engine.schemas import INSTRUCTION_STATS_SCHEMA, REJECT_SCHEMA
+from engine.schemas import REJECT_SCHEMA, instruction_stats_schema
+from engine.stages.base import RunContext, StageSpec
 from engine.stages.pair import PairStage
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
 from engine.stages.split import SplitStage
 from engine.stages.validate import validate_batch
-from engine.storage import exists, filesystem, join, read_parquet_dir, write_json_atomic
+from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
 from engine.writer import IterationSink, finalize_pairs
 
-
 GENERATION_MANIFEST = "generation.json"
 
-
-class InputError(ValueError):
-    """The instruction input cannot be read at all (as opposed to a bad row, which is diverted)."""
-
-
-def input_format(path: str, declared: str) -> str:
-    if declared != "auto":
-        return declared
-    for suffix, fmt in ((".parquet", "parquet"), (".jsonl", "jsonl"), (".json", "jsonl")):
-        if path.rstrip("/").endswith(suffix):
-            return fmt
-    raise InputError(f"cannot tell the format of {path!r}: name it .parquet/.jsonl or set input.format")
+# The model stages of a generation pass, in order (docs/algorithms.md §1-4).
+STAGES: tuple[StageSpec, ...] = (
+    StageSpec("sample", SampleStage, models=("policy",), section="sample"),
+    StageSpec("split", SplitStage, models=("splitter",), section="split"),
+    StageSpec("score", ScoreStage, models=("labeler",), section="score"),
+    StageSpec("pair", PairStage, models=("policy",), section="pair"),
+)
 
 
-def check_input(path: str) -> None:
-    """Fail fast, before any model loads, on an input that is not there or not reachable."""
-    try:
-        found = exists(path)
-    except Exception as exc:  # unknown protocol, missing fsspec backend, no credentials, DNS...
-        raise InputError(f"input {path!r} is not reachable: {type(exc).__name__}: {exc}") from None
-    if not found:
-        raise InputError(f"input {path!r} does not exist")
+def stage_names(stages: Sequence[StageSpec]) -> tuple[str, ...]:
+    return tuple(spec.name for spec in stages)
 
 
-def read_instructions(cfg: Config):
-    import ray.data
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    check_input(cfg.input.path)
-    fs, path = filesystem(cfg.input.path)
-    arrow_fs = PyFileSystem(FSSpecHandler(fs))
-    if input_format(cfg.input.path, cfg.input.format) == "parquet":
-        ds = ray.data.read_parquet(path, filesystem=arrow_fs)
-    else:
-        ds = ray.data.read_json(path, filesystem=arrow_fs)  # newline-delimited JSON
-    if cfg.input.limit:
-        ds = ds.limit(cfg.input.limit)
-    return ds.map_batches(normalise_instructions, batch_format="pyarrow")
+def stage_resources(spec: StageSpec, cfg: Config, models: Mapping[str, ModelConfig]) -> Resources:
+    """The stage's actor resources, GPUs per actor derived from its first model's tensor
+    parallelism (engine.config.actor_gpus)."""
+    resources = getattr(cfg, spec.section).resources
+    if not spec.models:
+        return resources
+    return msgspec.structs.replace(resources, num_gpus=actor_gpus(resources, models[spec.models[0]]))
 
 
 def actor_pool(resources: Resources) -> dict:
@@ -85,6 +74,31 @@ def actor_pool(resources: Resources) -> dict:
     return args
 
 
+def map_stages(ds, stages: Sequence[StageSpec], cfg: Config, context: RunContext,
+               models: Mapping[str, ModelConfig]):
+    """ds with every stage of `stages` mapped in order; `models` maps each role a stage
+    names to the model it loads. Fails fast when the pools cannot fit a local cluster."""
+    resources = {spec.name: stage_resources(spec, cfg, models) for spec in stages}
+    check_pools_fit(resources)
+    for spec in stages:
+        backends = {role: BackendFactory(models[role], context.cache_dir) for role in spec.models}
+        ds = ds.map_batches(
+            spec.stage_class,
+            fn_constructor_kwargs={"cfg": getattr(cfg, spec.section), "context": context, "backends": backends},
+            **actor_pool(resources[spec.name]),
+        )
+    return ds
+
+
+def validated_instructions(cfg: Config, context: RunContext, done_ids: frozenset[str] = frozenset()):
+    """The input as flight rows: read, minus the instructions already done, validated."""
+    ds = read_instruction_dataset(cfg.input)
+    if done_ids:
+        ds = ds.map_batches(_skip_done(done_ids), batch_format="pyarrow")
+    return ds.map_batches(validate_batch, fn_kwargs={"cfg": cfg.validate, "context": context},
+                          batch_format="pyarrow")
+
+
 def _skip_done(done_ids: frozenset[str]):
     def keep_undone(batch: pa.Table) -> pa.Table:
         return batch.filter(pc.invert(pc.is_in(batch["id"], value_set=pa.array(sorted(done_ids), pa.string()))))
@@ -92,49 +106,48 @@ def _skip_done(done_ids: frozenset[str]):
     return keep_undone
 
 
-def plan_generation(cfg: Config, iteration: int, policy: ModelConfig, out_dir: str,
-                    done_ids: frozenset[str] = frozenset()):
+def run_context(cfg: Config, iteration: int) -> RunContext:
+    return RunContext(run_name=cfg.run.name, seed=cfg.run.seed, iteration=iteration, cache_dir=cfg.models.cache_dir)
+
+
+def generation_models(cfg: Config, policy: ModelConfig | None = None) -> dict[str, ModelConfig]:
+    """The model of each role the generation stages name; `policy` is this iteration's."""
+    return {"policy": policy or cfg.models.policy, "splitter": cfg.models.splitter, "labeler": cfg.models.labeler}
+
+
+def plan_generation(cfg: Config, iteration: int, policy: ModelConfig, done_ids: frozenset[str] = frozenset(),
+                    stages: Sequence[StageSpec] = STAGES):
     """The lazy Dataset of one generation pass; nothing runs until it is written."""
-    cache, run, seed = cfg.models.cache_dir, cfg.run.name, cfg.run.seed
-    check_pools_fit({"sample": cfg.sample.resources, "split": cfg.split.resources,
-                     "score": cfg.score.resources, "pair": cfg.pair.resources})
-    ds = read_instructions(cfg)
-    if done_ids:
-        ds = ds.map_batches(_skip_done(done_ids), batch_format="pyarrow")
-    ds = ds.map_batches(validate_batch, fn_kwargs={"cfg": cfg.validate}, batch_format="pyarrow")
-    ds = ds.map_batches(SampleStage, fn_constructor_args=(policy, cfg.sample, cache, run, seed, iteration),
-                        **actor_pool(cfg.sample.resources))
-    ds = ds.map_batches(SplitStage, fn_constructor_args=(cfg.models.splitter, cfg.split, cache, run, seed, iteration),
-                        **actor_pool(cfg.split.resources))
-    ds = ds.map_batches(ScoreStage, fn_constructor_args=(cfg.models.labeler, cfg.score, cache, run, iteration),
-                        **actor_pool(cfg.score.resources))
-    ds = ds.map_batches(PairStage, fn_constructor_args=(policy, cfg.pair, cache, run, seed, iteration),
-                        **actor_pool(cfg.pair.resources))
-    return ds
+    context = run_context(cfg, iteration)
+    return map_stages(validated_instructions(cfg, context, done_ids), stages, cfg, context,
+                      generation_models(cfg, policy))
 
 
-def done_instruction_ids(out_dir: str) -> frozenset[str]:
+def done_instruction_ids(out_dir: str, stages: Sequence[StageSpec] = STAGES) -> frozenset[str]:
     """Instructions whose stats row is durably written: a resumed pass skips them."""
-    return frozenset(read_parquet_dir(join(out_dir, "rows"), INSTRUCTION_STATS_SCHEMA)["instruction_id"].to_pylist())
+    stats = read_parquet_dir(join(out_dir, "rows"), instruction_stats_schema(stage_names(stages)))
+    return frozenset(stats["instruction_id"].to_pylist())
 
 
 def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfig | None = None,
-                   policy_id: str | None = None) -> dict:
+                   stages: Sequence[StageSpec] = STAGES) -> dict:
     """Run one generation pass into out_dir (resuming any earlier partial pass there) and
     return its summary. `generation.json` is written last and marks the pass complete."""
     policy = policy or cfg.models.policy
+    names = stage_names(stages)
     start = time.perf_counter()
-    done = done_instruction_ids(out_dir)
-    ds = plan_generation(cfg, iteration, policy, out_dir, done)
-    ds.write_datasink(IterationSink(out_dir, iteration, policy_id or policy.path))
+    done = done_instruction_ids(out_dir, stages)
+    ds = plan_generation(cfg, iteration, policy, done, stages)
+    ds.write_datasink(IterationSink(out_dir, iteration, policy.path, names))
     balance = finalize_pairs(out_dir, cfg.pair)
     summary = summarize_generation(
-        read_parquet_dir(join(out_dir, "rows"), INSTRUCTION_STATS_SCHEMA),
+        read_parquet_dir(join(out_dir, "rows"), instruction_stats_schema(names)),
         read_parquet_dir(join(out_dir, "rejects"), REJECT_SCHEMA),
         balance,
         wall_seconds=time.perf_counter() - start,
+        stages=names,
         resumed_rows=len(done),
     )
-    write_json_atomic({"iteration": iteration, "policy_id": policy_id or policy.path,
+    write_json_atomic({"iteration": iteration, "policy_id": policy.path,
                        "pair_files": balance["files"], "summary": summary}, join(out_dir, GENERATION_MANIFEST))
     return summary

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import re
 
+from engine.backends import WEIGHT_BACKENDS
 from engine.config import Config
-from engine.pipeline import check_input
+from engine.inputs import check_input
 from engine.storage import exists
-from engine.toyworld import is_toy_model
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
@@ -20,7 +20,7 @@ class PreflightError(ValueError):
 def check_model_path(role: str, path: str) -> None:
     """A model path must be a tiny: model, a toy: splitter, an existing local/fsspec directory,
     or (when the hub is allowed) a hub id such as `llava-hf/llava-1.5-7b-hf`."""
-    if path.startswith("tiny:") or is_toy_model(path):
+    if path.startswith("tiny:"):
         return
     try:
         if exists(path):
@@ -36,4 +36,6 @@ def check_model_path(role: str, path: str) -> None:
 def preflight(cfg: Config) -> None:
     check_input(cfg.input.path)
     for role in ("policy", "labeler", "splitter"):
-        check_model_path(role, getattr(cfg.models, role).path)
+        model = getattr(cfg.models, role)
+        if model.backend in WEIGHT_BACKENDS:
+            check_model_path(role, model.path)

@@ -7,6 +7,8 @@ names where TRL has one (`prompt`, `chosen`, `rejected`, `images`, `ref_chosen_l
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import pyarrow as pa
 
 # Input: one row per (image, instruction). Exactly one of image / image_uri is set.
@@ -57,23 +59,27 @@ REJECT_SCHEMA = pa.schema(
 
 # One row per instruction processed (rows/ in an iteration's staging area): what happened to
 # it. Its presence marks the instruction done, and the iteration summary is computed from it.
-INSTRUCTION_STATS_SCHEMA = pa.schema(
-    [
-        pa.field("instruction_id", pa.string(), nullable=False),
-        pa.field("reject_stage", pa.string()),
-        pa.field("reject_reason", pa.string()),
-        pa.field("n_answers", pa.int32(), nullable=False),
-        pa.field("n_answers_parsed", pa.int32(), nullable=False),
-        pa.field("n_claims", pa.int32(), nullable=False),
-        pa.field("n_claims_rejected", pa.int32(), nullable=False),
-        pa.field("answer_tokens", pa.int64(), nullable=False),
-        pa.field("n_pairs", pa.int32(), nullable=False),
-        pa.field("dropped_gap", pa.int32(), nullable=False),
-        pa.field("dropped_equal_text", pa.int32(), nullable=False),
-        pa.field("dropped_cap", pa.int32(), nullable=False),
-        pa.field("seconds_sample", pa.float64(), nullable=False),
-        pa.field("seconds_split", pa.float64(), nullable=False),
-        pa.field("seconds_score", pa.float64(), nullable=False),
-        pa.field("seconds_pair", pa.float64(), nullable=False),
-    ]
-)
+# Its last columns are the busy seconds of each stage of the pass, one column per stage, in
+# the order of the pass's stage list (engine.pipeline.STAGES).
+def instruction_stats_schema(stages: Sequence[str]) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("instruction_id", pa.string(), nullable=False),
+            pa.field("reject_stage", pa.string()),
+            pa.field("reject_reason", pa.string()),
+            pa.field("n_answers", pa.int32(), nullable=False),
+            pa.field("n_answers_parsed", pa.int32(), nullable=False),
+            pa.field("n_claims", pa.int32(), nullable=False),
+            pa.field("n_claims_rejected", pa.int32(), nullable=False),
+            pa.field("answer_tokens", pa.int64(), nullable=False),
+            pa.field("n_pairs", pa.int32(), nullable=False),
+            pa.field("dropped_gap", pa.int32(), nullable=False),
+            pa.field("dropped_equal_text", pa.int32(), nullable=False),
+            pa.field("dropped_cap", pa.int32(), nullable=False),
+        ]
+        + [pa.field(seconds_column(stage), pa.float64(), nullable=False) for stage in stages]
+    )
+
+
+def seconds_column(stage: str) -> str:
+    return f"seconds_{stage}"

@@ -4,11 +4,12 @@ and per-stage throughput, as a dict (for summary.json) and a printed table."""
 from __future__ import annotations
 
 from collections import Counter
+from typing import Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-STAGES = ("sample", "split", "score", "pair")
+from engine.schemas import seconds_column
 
 
 def _sum(table: pa.Table, column: str) -> float:
@@ -16,14 +17,15 @@ def _sum(table: pa.Table, column: str) -> float:
 
 
 def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall_seconds: float,
-                         resumed_rows: int = 0) -> dict:
+                         stages: Sequence[str], resumed_rows: int = 0) -> dict:
     n_rows = stats.num_rows
     live = stats.filter(pc.is_null(stats["reject_reason"])) if n_rows else stats
     claims, claims_rejected = _sum(stats, "n_claims"), _sum(stats, "n_claims_rejected")
-    stages = {}
-    for stage in STAGES:
-        busy = _sum(stats, f"seconds_{stage}")
-        stages[stage] = {
+    rejects_by_reason = dict(sorted(Counter(rejects["reason"].to_pylist()).items()))
+    per_stage = {}
+    for stage in stages:
+        busy = _sum(stats, seconds_column(stage))
+        per_stage[stage] = {
             "busy_seconds": round(busy, 3),
             "rows_per_busy_second": round(live.num_rows / busy, 3) if busy else None,
         }
@@ -46,8 +48,9 @@ def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall
             "length_balance": balance["dropped_length_balance"],
         },
         "length_balance_ratio": balance["length_balance_ratio"],
-        "rejects_by_reason": dict(sorted(Counter(rejects["reason"].to_pylist()).items())),
-        "stages": stages,
+        "rejects_by_reason": rejects_by_reason,
+        "answers_without_claims": rejects_by_reason.get("no_claims", 0),
+        "stages": per_stage,
         "wall_seconds": round(wall_seconds, 2),
         "instructions_per_second": round(n_rows / wall_seconds, 3) if wall_seconds else None,
     }
@@ -56,9 +59,10 @@ def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall
 def format_summary(summary: dict, title: str = "generation") -> str:
     lines = [f"== {title} =="]
     for key in ("instructions", "instructions_resumed", "instructions_rejected", "answers", "answers_parsed",
+                "answers_without_claims",
                 "answer_tokens", "claims", "claims_rejected", "claim_rejection_rate", "pair_candidates", "pairs",
                 "length_balance_ratio", "wall_seconds", "instructions_per_second"):
-        lines.append(f"  {key:<28} {summary[key]}")
+        lines.append(f"  {key:<28} {summary.get(key)}")
     lines += [f"  dropped: {rule:<19} {n}" for rule, n in summary["pairs_dropped"].items()]
     lines += [f"  rejects: {reason:<19} {n}" for reason, n in summary["rejects_by_reason"].items()]
     lines.append(f"  {'stage':<10}{'busy s':>10}{'rows/busy s':>14}")

@@ -3,7 +3,7 @@
 Layout of one iteration's generation output (any fsspec URL):
   candidates/part-<key>.parquet   pairs before length balancing (PAIR_SCHEMA)
   rejects/part-<key>.parquet      diverted rows and answers with their reason (REJECT_SCHEMA)
-  rows/part-<key>.parquet         one stats row per instruction (INSTRUCTION_STATS_SCHEMA),
+  rows/part-<key>.parquet         one stats row per instruction (instruction_stats_schema),
                                   written last: its presence marks those instructions done
   pairs/part-<n>.parquet          the final pairs, after the length-balancing pass
 <key> is a hash of the block's instruction ids, so a re-run writes the same names.
@@ -12,15 +12,15 @@ Layout of one iteration's generation output (any fsspec URL):
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pyarrow as pa
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from engine.config import PairConfig
-from engine.pairing import length_balance, word_count
-from engine.schemas import INSTRUCTION_STATS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
+from engine.pairing import accepts, length_balance, word_count
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema, seconds_column
 from engine.storage import join, read_parquet_dir, write_parquet_atomic
 
 PAIRS_PER_SHARD = 10_000
@@ -68,9 +68,10 @@ def reject_rows(rows: list[dict], iteration: int) -> pa.Table:
     return pa.Table.from_pylist(out, schema=REJECT_SCHEMA)
 
 
-def stats_rows(rows: list[dict]) -> pa.Table:
+def stats_rows(rows: list[dict], stages: Sequence[str]) -> pa.Table:
     out = []
     for row in rows:
+        seconds = {item["stage"]: item["seconds"] for item in row.get("stage_seconds") or []}
         parsed = [j for j, f in enumerate(row.get("facts") or []) if f is not None]
         p_yes, p_no = row.get("p_yes") or [], row.get("p_no") or []
         out.append({
@@ -81,16 +82,17 @@ def stats_rows(rows: list[dict]) -> pa.Table:
             "n_answers_parsed": len(parsed),
             "n_claims": sum(len(row["facts"][j]) for j in parsed),
             "n_claims_rejected": sum(
-                n > y for j in parsed if j < len(p_yes) and p_yes[j] is not None for y, n in zip(p_yes[j], p_no[j])
+                not accepts(y, n)
+                for j in parsed if j < len(p_yes) and p_yes[j] is not None for y, n in zip(p_yes[j], p_no[j])
             ),
             "answer_tokens": sum(row.get("answer_tokens") or []),
             "n_pairs": len(row.get("pairs") or []),
             "dropped_gap": row.get("dropped_gap") or 0,
             "dropped_equal_text": row.get("dropped_equal_text") or 0,
             "dropped_cap": row.get("dropped_cap") or 0,
-            **{f"seconds_{s}": row.get(f"seconds_{s}") or 0.0 for s in ("sample", "split", "score", "pair")},
+            **{seconds_column(stage): seconds.get(stage, 0.0) for stage in stages},
         })
-    return pa.Table.from_pylist(out, schema=INSTRUCTION_STATS_SCHEMA)
+    return pa.Table.from_pylist(out, schema=instruction_stats_schema(stages))
 
 
 def shard_key(instruction_ids: list[str]) -> str:
@@ -100,10 +102,11 @@ def shard_key(instruction_ids: list[str]) -> str:
 class IterationSink(Datasink[int]):
     """Writes each block's candidates, rejects and stats, stats last (see module docstring)."""
 
-    def __init__(self, out_dir: str, iteration: int, policy_id: str):
+    def __init__(self, out_dir: str, iteration: int, policy_id: str, stages: Sequence[str]):
         self.out_dir = out_dir
         self.iteration = iteration
         self.policy_id = policy_id
+        self.stages = tuple(stages)
 
     def write(self, blocks: Iterable[Block], ctx) -> int:
         tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
@@ -113,14 +116,23 @@ class IterationSink(Datasink[int]):
         name = f"part-{shard_key([row['id'] for row in rows])}.parquet"
         write_parquet_atomic(pair_rows(rows, self.iteration, self.policy_id), join(self.out_dir, "candidates", name))
         write_parquet_atomic(reject_rows(rows, self.iteration), join(self.out_dir, "rejects", name))
-        write_parquet_atomic(stats_rows(rows), join(self.out_dir, "rows", name))
+        write_parquet_atomic(stats_rows(rows, self.stages), join(self.out_dir, "rows", name))
         return len(rows)
 
 
+def _first_of_each_pair_id(sorted_pairs: pa.Table) -> pa.Table:
+    ids = sorted_pairs["pair_id"].to_pylist()
+    return sorted_pairs.filter(pa.array([k == 0 or ids[k] != ids[k - 1] for k in range(len(ids))], pa.bool_()))
+
+
 def finalize_pairs(out_dir: str, pair_cfg: PairConfig) -> dict:
-    """The length-balancing pass over all of an iteration's candidates (ALGORITHMS.md 4), then
-    the final pairs/ shards in pair_id order. Returns what it kept and dropped."""
-    candidates = read_parquet_dir(join(out_dir, "candidates"), PAIR_SCHEMA).sort_by("pair_id")
+    """The length-balancing pass over all of an iteration's candidates (docs/algorithms.md §4),
+    then the final pairs/ shards in pair_id order. Returns what it kept and dropped.
+
+    A crash between a block's candidates and its stats rows makes a resumed pass redo those
+    instructions, possibly grouped into another block (another file name): the same pair can
+    then stand in two candidate files, so each pair_id is kept once."""
+    candidates = _first_of_each_pair_id(read_parquet_dir(join(out_dir, "candidates"), PAIR_SCHEMA).sort_by("pair_id"))
     ratio, keep = None, [True] * candidates.num_rows
     if pair_cfg.length_balance and candidates.num_rows:
         ratio, keep = length_balance(

@@ -29,9 +29,10 @@ def main(config_path, overrides, policy, reference, input_path, out_dir, no_leng
     extra = [f"{key}={json.dumps(value)}" for key, value in shorthands.items() if value is not None]
     extra += ["bon.length_normalise=false"] if no_length_normalise else []
     cfg = load_or_exit(config_path, (*overrides, *extra))
-    from engine.bon import format_bon, run_bon
+    from engine.bon import format_bon
+    from engine.bon_pass import run_bon
     from engine.config import ConfigError
-    from engine.pipeline import InputError
+    from engine.inputs import InputError
     from engine.ray_runtime import init_ray
     from engine.storage import join
 

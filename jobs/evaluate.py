@@ -27,7 +27,7 @@ def main(config_path, overrides, model_path, heldout, out_dir):
     cfg = load_or_exit(config_path, (*overrides, *extra))
     from engine.config import ConfigError
     from engine.evaluation import evaluate_policy
-    from engine.pipeline import InputError
+    from engine.inputs import InputError
     from engine.ray_runtime import init_ray
     from engine.storage import join
 

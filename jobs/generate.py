@@ -20,7 +20,8 @@ def main(config_path, overrides, out_dir, iteration):
     print its summary. Re-running with the same --out resumes: finished instructions are skipped."""
     cfg = load_or_exit(config_path, overrides)
     from engine.config import ConfigError
-    from engine.pipeline import InputError, check_input, generate_pairs
+    from engine.inputs import InputError, check_input
+    from engine.pipeline import generate_pairs
     from engine.ray_runtime import init_ray
     from engine.storage import join
     from engine.summary import format_summary

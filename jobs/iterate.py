@@ -24,10 +24,10 @@ def main(config_path, overrides, allow_config_change):
     cfg = load_or_exit(config_path, overrides)
     from engine.config import ConfigError
     from engine.iterate import run_iterations
-    from engine.pipeline import InputError
+    from engine.inputs import InputError
     from engine.preflight import PreflightError, preflight
     from engine.ray_runtime import init_ray
-    from engine.run import ConfigChanged
+    from engine.run_dir import ConfigChanged
 
     try:
         preflight(cfg)  # seconds, before Ray starts or any model loads

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
 
 QUESTIONS = [
@@ -42,7 +43,7 @@ def hf_llava(tiny_llava_dir: str):
     from engine.backends.hf import HFBackend
 
     # batch_size 2: the tests' handfuls of questions and rows run in several chunks.
-    backend = HFBackend(tiny_llava_dir, device="cpu", batch_size=2)
+    backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir, batch_size=2), device="cpu")
     yield backend
     backend.close()
 
@@ -51,6 +52,6 @@ def hf_llava(tiny_llava_dir: str):
 def hf_llm(tiny_llm_dir: str):
     from engine.backends.hf import HFBackend
 
-    backend = HFBackend(tiny_llm_dir, device="cpu")
+    backend = HFBackend(tiny_llm_dir, ModelConfig(path=tiny_llm_dir), device="cpu")
     yield backend
     backend.close()

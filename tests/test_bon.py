@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from engine.bon import BON_CANDIDATE_SCHEMA, MANIFEST, best_of, candidate_table, implicit_rewards
+from engine.bon import BON_CANDIDATE_SCHEMA, best_of, candidate_table, implicit_rewards
+from engine.bon_pass import MANIFEST
 from engine.schemas import REJECT_SCHEMA
 from engine.storage import read_json, read_parquet_dir
 
@@ -49,8 +50,8 @@ def test_ties_go_to_the_first_candidate_and_nan_never_wins():
 
 def test_candidate_table_flattens_live_rows_only():
     live = {"id": "a", "prompt": "p", "reject_reason": None, "answers": ["x", "y"], "answer_seeds": [7, 8],
-            "n_tokens": [2, 3], "policy_logps": [-1.0, -2.0], "ref_logps": [-1.5, -2.0], "rewards": [0.025, 0.0],
-            "chosen": 0}
+            "answer_tokens": [2, 3], "policy_logps": [-1.0, -2.0], "ref_logps": [-1.5, -2.0],
+            "rewards": [0.025, 0.0], "best_answer": 0}
     diverted = {"id": "b", "prompt": "p", "reject_reason": "missing_image"}
     table = candidate_table([live, diverted], "pol", "ref")
     assert table.schema.equals(BON_CANDIDATE_SCHEMA)

@@ -19,12 +19,12 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 
 from engine.config import Resources, load_config
 from engine.metrics import COUNTERS, TRAIN_COUNTERS, TRAIN_GAUGES, prometheus_name, prometheus_names
+from engine.pipeline import STAGES, generation_models, stage_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 LAUNCHER_YAMLS = sorted(CLUSTER.glob("*.yaml"))
 A100_CONFIG = ROOT / "configs" / "a100.toml"
-MODEL_STAGES = ("sample", "split", "score", "pair")
 
 
 def _load(path: Path) -> dict:
@@ -112,12 +112,12 @@ def test_a100_config_loads_with_real_models_on_a100_gpus():
     cfg = load_config(A100_CONFIG)
     assert cfg.models.policy.path == "llava-hf/llava-1.5-7b-hf"
     assert all(getattr(cfg.models, role).backend == "vllm" for role in ("policy", "labeler", "splitter"))
-    for stage in MODEL_STAGES:
-        resources = getattr(cfg, stage).resources
+    requests = {spec.name: stage_resources(spec, cfg, generation_models(cfg)) for spec in STAGES}
+    for stage, resources in requests.items():
         assert resources.accelerator_type == "A100" and resources.num_gpus > 0, stage
-    assert any(getattr(cfg, stage).resources.num_gpus < 1 for stage in MODEL_STAGES), "no fractional GPU share"
-    # vLLM's tensor-parallel workers use the GPUs Ray gives the score actor.
-    assert cfg.score.resources.num_gpus == cfg.models.labeler.tensor_parallel_size
+    assert any(resources.num_gpus < 1 for resources in requests.values()), "no fractional GPU share"
+    # vLLM's tensor-parallel workers use the GPUs Ray gives the score actor: derived, not repeated.
+    assert requests["score"].num_gpus == cfg.models.labeler.tensor_parallel_size > 1
     t = cfg.train
     assert (t.num_workers, t.use_gpu, t.zero_stage, t.precision, t.accelerator_type) == (8, True, 3, "bf16", "A100")
 
@@ -134,9 +134,9 @@ def test_a100_config_requests_fit_the_gpu_node_types(source):
     node_types = _kuberay_node_types() if source == "kuberay" else _launcher_node_types(CLUSTER / source)
     nodes = [t["resources"] for t in _gpu_types(node_types).values()]
     cfg = load_config(A100_CONFIG)
-    for stage in MODEL_STAGES:
-        resources = getattr(cfg, stage).resources
-        assert any(_fits(resources, node) for node in nodes), (source, stage)
+    for spec in STAGES:
+        resources = stage_resources(spec, cfg, generation_models(cfg))
+        assert any(_fits(resources, node) for node in nodes), (source, spec.name)
     t = cfg.train
     worker = Resources(num_cpus=t.cpus_per_worker, num_gpus=1, accelerator_type=t.accelerator_type)
     capacity = sum(t_["max_workers"] * min(t_["resources"]["GPU"], t_["resources"]["CPU"] // t.cpus_per_worker)

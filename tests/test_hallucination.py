@@ -114,6 +114,6 @@ def test_probe_metrics_by_hand():
         hal.probe_metrics([True], [])
 
 
-def test_answer_is_no_only_when_p_no_is_larger():
-    assert hal.says_yes(0.5, 0.5) and hal.says_yes(0.3, 0.1)
-    assert not hal.says_yes(0.2, 0.21)
+def test_answer_is_yes_only_when_p_yes_is_larger():
+    assert hal.says_yes(0.3, 0.1)
+    assert not hal.says_yes(0.2, 0.21) and not hal.says_yes(0.5, 0.5)  # a tie is "no", as for claims

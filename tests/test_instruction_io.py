@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from engine.instruction_io import (instruction_format, load_image_bytes, normalise_instructions,
-                                   read_instructions, write_instructions)
+                                   read_instruction_table, write_instructions)
 from engine.scenes import make_instructions
 from engine.schemas import INSTRUCTION_SCHEMA
 
@@ -27,7 +27,7 @@ def test_round_trip_local_and_memory(tmp_path, suffix):
     table = mixed_table()
     for url in (str(tmp_path / "new" / "dir" / f"x{suffix}"), f"memory://io-test{suffix}/x{suffix}"):
         write_instructions(table, url)
-        assert read_instructions(url).equals(table)
+        assert read_instruction_table(url).equals(table)
         fs, path = fsspec.core.url_to_fs(url)
         assert fs.ls(path.rsplit("/", 1)[0], detail=False) == [path]  # no temp file left behind
 
@@ -44,16 +44,16 @@ def test_jsonl_carries_base64_images_and_every_column(tmp_path):
 def test_jsonl_columns_are_the_union_over_lines(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"id": "a", "prompt": "p"}\n\n{"id": "b", "prompt": "q", "image_uri": "u", "extra": 1}\n')
-    table = read_instructions(str(path))
+    table = read_instruction_table(str(path))
     assert table["image_uri"].to_pylist() == [None, "u"] and table.column_names == INSTRUCTION_SCHEMA.names
 
 
 def test_declared_format_overrides_the_name(tmp_path):
     write_instructions(make_instructions(2, seed=0), str(tmp_path / "x.jsonl"))
     (tmp_path / "x.jsonl").rename(tmp_path / "x.data")
-    assert read_instructions(str(tmp_path / "x.data"), format="jsonl").num_rows == 2
+    assert read_instruction_table(str(tmp_path / "x.data"), format="jsonl").num_rows == 2
     with pytest.raises(ValueError, match="cannot tell the format"):
-        read_instructions(str(tmp_path / "x.data"))
+        read_instruction_table(str(tmp_path / "x.data"))
     with pytest.raises(ValueError, match="csv"):
         instruction_format("x.csv", "csv")
 
@@ -82,7 +82,7 @@ def test_unconvertible_column_type_is_named():
 def test_null_id_becomes_empty_for_validation_to_divert(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text(json.dumps({"id": None, "prompt": "p"}) + "\n" + json.dumps({"prompt": "q"}) + "\n")
-    assert read_instructions(str(path))["id"].to_pylist() == ["", ""]
+    assert read_instruction_table(str(path))["id"].to_pylist() == ["", ""]
 
 
 def test_load_image_bytes_names_the_uri(tmp_path):

@@ -110,7 +110,7 @@ def test_a_finished_run_is_not_redone_and_a_changed_config_is_refused(two_iterat
     assert run_iterations(cfg, echo=lambda text: None) == summaries
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*.parquet")} == before
 
-    from engine.run import ConfigChanged
+    from engine.run_dir import ConfigChanged
 
     changed = load_config(SMOKE, [*overrides(run_dir.parent), f"models.cache_dir={cfg.models.cache_dir}",
                                  "train.beta=0.2", "sample.temperature=0.9"])

@@ -13,10 +13,10 @@ NO_DROPS = {"gap_too_small": 0, "equal_text": 0, "over_per_instruction_cap": 0}
 
 def test_answer_score_counts_strict_rejections():
     # p_no > p_yes rejects: claims 2 (0.6 > 0.3) and 4 (0.51 > 0.49); claim 3 is a tie -> accepted.
-    assert answer_score([0.9, 0.3, 0.5, 0.49], [0.1, 0.6, 0.5, 0.51]) == (-2, 2)
-    assert answer_score([0.2], [0.2]) == (0, 0)  # a tie alone: accepted
+    assert answer_score([0.9, 0.3, 0.5, 0.49], [0.1, 0.6, 0.5, 0.51]) == (-3, 3)
+    assert answer_score([0.2], [0.2]) == (-1, 1)  # a tie: rejected, as in the released code
     assert answer_score([0.1, 0.2], [0.9, 0.8]) == (-2, 2)  # all rejected
-    assert answer_score([], []) == (0, 0)  # no claims: score 0
+    assert answer_score([], []) == (0, 0)  # no claims (only under the ablation switch): score 0
 
 
 def test_answer_score_needs_one_p_no_per_p_yes():

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from engine.config import load_config
-from engine.pipeline import GENERATION_MANIFEST, InputError, generate_pairs
+from engine.inputs import InputError
+from engine.pipeline import GENERATION_MANIFEST, generate_pairs
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import read_json, read_parquet_dir
 

@@ -13,6 +13,7 @@ from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
 from transformers import AutoProcessor
 
 from engine import chat
+from engine.config import ModelConfig
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from train.data import (
     BatchPlan,
@@ -198,7 +199,7 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
     assert pairs["instruction_id"].to_pylist() == ["correction-0", "correction-1"]
     assert sorted(rejects["reason"].to_pylist()) == ["equal_answers", "undecodable_image"]
     assert pairs["images"].to_pylist()[0] == [png(1)] and set(pairs["iteration"].to_pylist()) == {3}
-    backend = HFBackend(tiny_llava_dir, device="cpu")
+    backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir), device="cpu")
     expected = backend.logprobs([Prompt(noise_image(1), "Describe the image.")] * 2,
                                 ["There is a red circle.", "There is a green circle."])
     # Same sums, batched differently (padding changes fp32 reduction order): 1e-4 on ~-50.

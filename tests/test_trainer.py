@@ -21,7 +21,7 @@ from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
 from safetensors.torch import load_file
 
 from engine.backends.base import Prompt
-from engine.config import load_config
+from engine.config import ModelConfig, load_config
 from engine.schemas import PAIR_SCHEMA
 from train.losses import dpo_loss
 from train.trainer import train_dpo
@@ -65,7 +65,7 @@ def pairs_dir(tmp_path_factory, tiny_llava_dir):  # noqa: F811
             "chosen_score": 0, "rejected_score": -1, "chosen_n_claims": 1, "rejected_n_claims": 1,
             "policy_id": "tiny:llava", "chosen_seed": 2 * i, "rejected_seed": 2 * i + 1,
         })
-    backend = HFBackend(tiny_llava_dir, device="cpu")
+    backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir), device="cpu")
     logps = backend.logprobs([Prompt(noise_image(i), rows[i]["prompt"]) for i in range(N_PAIRS)] * 2,
                              [row["chosen"] for row in rows] + [row["rejected"] for row in rows])
     backend.close()
@@ -136,7 +136,7 @@ def test_training_lowers_the_loss_on_the_pairs_and_raises_accuracy(baseline, pai
 
     table = pa.concat_tables(pq.read_table(path) for path in sorted(Path(pairs_dir).glob("*.parquet")))
     rows = table.to_pylist()
-    backend = HFBackend(baseline.model_dir, device="cpu")
+    backend = HFBackend(baseline.model_dir, ModelConfig(path=baseline.model_dir), device="cpu")
     prompts = [Prompt(noise_image(int(row["pair_id"][-2:])), row["prompt"]) for row in rows]
     logps = backend.logprobs(prompts * 2, [row["chosen"] for row in rows] + [row["rejected"] for row in rows])
     backend.close()

@@ -9,9 +9,11 @@ from PIL import Image
 from engine.config import ValidateConfig
 from engine.flight import FLIGHT_SCHEMA
 from engine.schemas import INSTRUCTION_SCHEMA
-from engine.stages.validate import ValidateStage, validate_batch
+from engine.stages.base import RunContext
+from engine.stages.validate import validate_batch
 
 CFG = ValidateConfig(max_prompt_chars=100, max_image_pixels=1000, max_image_bytes=4000)
+CONTEXT = RunContext(run_name="test", seed=0, iteration=1, cache_dir="unused")
 
 
 def png(size=(16, 16)) -> bytes:
@@ -66,13 +68,13 @@ def test_mixed_batch(mixed_batch):
     assert out[-1]["image_uri"] == inputs[-1]["image_uri"]
 
 
-def test_stage_class_gives_the_same_rows(mixed_batch):
+def test_counting_validation_gives_the_same_rows(mixed_batch):
     table, expected, _ = mixed_batch
-    out = ValidateStage(CFG, iteration=0)(table)
+    out = validate_batch(table, CFG, CONTEXT)
     assert out.equals(validate_batch(table, CFG))
     assert out["reject_reason"].to_pylist() == expected
 
 
 def test_empty_batch():
     empty = INSTRUCTION_SCHEMA.empty_table()
-    assert ValidateStage(CFG, iteration=1)(empty).num_rows == 0
+    assert validate_batch(empty, CFG, CONTEXT).num_rows == 0

@@ -4,9 +4,11 @@ import pyarrow as pa
 
 from engine.config import PairConfig
 from engine.flight import FLIGHT_SCHEMA, to_table
-from engine.schemas import INSTRUCTION_STATS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
 from engine.writer import finalize_pairs, pair_id, pair_rows, reject_rows, stats_rows
+
+STAGE_NAMES = ("sample", "split", "score", "pair")
 
 
 def flight_row(**extra):
@@ -19,7 +21,8 @@ def flight_row(**extra):
         "scores": [-1, 0, None], "n_claims": [2, 1, None],
         "pairs": [{"chosen": 1, "rejected": 0, "ref_chosen_logps": -3.0, "ref_rejected_logps": -4.5}],
         "dropped_gap": 0, "dropped_equal_text": 0, "dropped_cap": 0,
-        "seconds_sample": 0.5, "seconds_split": 0.25, "seconds_score": 0.125, "seconds_pair": 0.0625,
+        "stage_seconds": [{"stage": "sample", "seconds": 0.5}, {"stage": "split", "seconds": 0.25},
+                          {"stage": "score", "seconds": 0.125}, {"stage": "pair", "seconds": 0.0625}],
     }
     row.update(extra)
     return row
@@ -51,10 +54,16 @@ def test_reject_rows_cover_row_and_answer_level():
 
 
 def test_stats_rows_count_claims_and_rejections():
-    (row,) = stats_rows([flight_row()]).to_pylist()
+    (row,) = stats_rows([flight_row()], STAGE_NAMES).to_pylist()
     # answer 0: claims (0.9 vs 0.1 accepted, 0.2 vs 0.6 rejected); answer 1: accepted; answer 2 unparsed
     assert (row["n_answers"], row["n_answers_parsed"], row["n_claims"], row["n_claims_rejected"]) == (3, 2, 3, 1)
     assert (row["answer_tokens"], row["n_pairs"], row["seconds_split"]) == (12, 1, 0.25)
+
+
+def test_stats_rows_have_one_seconds_column_per_stage_named():
+    (row,) = stats_rows([flight_row()], ("split", "extra")).to_pylist()
+    assert (row["seconds_split"], row["seconds_extra"]) == (0.25, 0.0)
+    assert "seconds_sample" not in row
 
 
 def _pair(pid, chosen_words, rejected_words):
@@ -83,9 +92,21 @@ def test_finalize_balances_lengths_and_writes_sorted_pairs(tmp_path):
     assert read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)["pair_id"].to_pylist() == ["a", "b", "c"]
 
 
+def test_finalize_keeps_a_pair_written_twice_once(tmp_path):
+    """A resumed pass can write a pair again into another candidates file."""
+    out = str(tmp_path)
+    for name in ("part-1", "part-2"):
+        write_parquet_atomic(pa.Table.from_pylist([_pair("a", 3, 3)], schema=PAIR_SCHEMA),
+                             f"{out}/candidates/{name}.parquet")
+    write_parquet_atomic(pa.Table.from_pylist([_pair("b", 3, 3)], schema=PAIR_SCHEMA), f"{out}/candidates/part-3.parquet")
+    result = finalize_pairs(out, PairConfig())
+    assert (result["candidates"], result["pairs"]) == (2, 2)
+    assert read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)["pair_id"].to_pylist() == ["a", "b"]
+
+
 def test_atomic_writes_leave_no_temp_files(tmp_path):
-    write_parquet_atomic(stats_rows([flight_row()]), f"{tmp_path}/rows/part-x.parquet")
+    write_parquet_atomic(stats_rows([flight_row()], STAGE_NAMES), f"{tmp_path}/rows/part-x.parquet")
     assert [p.name for p in (tmp_path / "rows").iterdir()] == ["part-x.parquet"]
     assert list_parquet(f"{tmp_path}/rows") == [f"{tmp_path}/rows/part-x.parquet"]
-    assert read_parquet_dir(f"{tmp_path}/rows", INSTRUCTION_STATS_SCHEMA).num_rows == 1
-    assert read_parquet_dir(f"{tmp_path}/none", INSTRUCTION_STATS_SCHEMA).num_rows == 0
+    assert read_parquet_dir(f"{tmp_path}/rows", instruction_stats_schema(STAGE_NAMES)).num_rows == 1
+    assert read_parquet_dir(f"{tmp_path}/none", instruction_stats_schema(STAGE_NAMES)).num_rows == 0

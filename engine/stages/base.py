@@ -1,35 +1,76 @@
-"""What every model stage shares: its backend loaded once per actor, flight-row conversion,
-per-stage timing and metrics. A subclass implements `process(live_rows)` only."""
+"""What every model stage shares: the run context, the stage spec the pipeline maps over, and
+the ModelStage base (backends loaded once per actor, flight-row conversion, per-stage timing
+and metrics). A subclass implements `process(live_rows)` only."""
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Mapping
 
 import pyarrow as pa
 from PIL import Image
 
-from engine.backends import make_backend
-from engine.config import ModelConfig
 from engine.flight import is_live, timed, to_rows, to_table
 from engine.metrics import StageMetrics
 
+# A not-yet-loaded backend; called once inside the stage's actor (engine.backends.BackendFactory,
+# or any zero-argument callable, e.g. a test's fake).
+LoadBackend = Callable[[], Any]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage of one pass shares: it names the metrics, derives the seeds and says
+    where tiny models are cached."""
+
+    run_name: str
+    seed: int
+    iteration: int
+    cache_dir: str
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One step of a pass: its name (metrics, timing columns, summary rows), its class, the
+    model roles whose backends it holds (first = the one its GPUs are sized for) and the
+    config section it reads (which holds its `resources`)."""
+
+    name: str
+    stage_class: type
+    models: tuple[str, ...]
+    section: str
+
 
 class ModelStage:
-    """A callable class for `Dataset.map_batches(..., batch_format="pyarrow")`."""
+    """A callable class for `Dataset.map_batches(..., batch_format="pyarrow")`, built with
+    `stage_class(cfg=<its config section>, context=RunContext, backends={role: LoadBackend})`."""
 
-    stage: str = ""
+    name: ClassVar[str] = ""
 
-    def __init__(self, model_cfg: ModelConfig, cache_dir: str, run_name: str, iteration: int):
-        # Loaded here, in the actor, once: never at import time.
-        self.backend = make_backend(model_cfg, cache_dir)
-        self.iteration = iteration
-        self.metrics = StageMetrics(self.stage, run_name, iteration)
+    def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend]):
+        self.cfg = cfg
+        self.context = context
+        # Loaded here, in the actor, once: never at import time. Equal loaders load one model.
+        loaded: dict[LoadBackend, Any] = {}
+        self.backends: dict[str, Any] = {}
+        for role, load in backends.items():
+            if load not in loaded:
+                loaded[load] = load()
+            self.backends[role] = loaded[load]
+        self.metrics = StageMetrics(self.name, context.run_name, context.iteration)
+
+    @property
+    def backend(self):
+        """The stage's one model (stages that hold a single role)."""
+        (backend,) = self.backends.values()
+        return backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = to_rows(batch)
         live = [row for row in rows if is_live(row)]
         self.metrics.add(rows_in=len(live))
-        with timed(rows, self.stage):
+        with timed(rows, self.name):
             if live:
                 self.process(live)
         self.metrics.add(rows_out=sum(is_live(row) for row in live))

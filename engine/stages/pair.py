@@ -5,20 +5,13 @@ iteration, so training never holds a second model)."""
 from __future__ import annotations
 
 from engine.backends.base import Prompt
-from engine.config import ModelConfig, PairConfig
 from engine.pairing import answer_score, make_pairs
 from engine.seeds import derive_seed
 from engine.stages.base import ModelStage, row_image
 
 
 class PairStage(ModelStage):
-    stage = "pair"
-
-    def __init__(self, model_cfg: ModelConfig, pair_cfg: PairConfig, cache_dir: str,
-                 run_name: str, run_seed: int, iteration: int):
-        super().__init__(model_cfg, cache_dir, run_name, iteration)
-        self.cfg = pair_cfg
-        self.run_seed = run_seed
+    name = "pair"
 
     def process(self, rows: list[dict]) -> None:
         wanted: list[tuple[dict, int]] = []  # (row, answer index) whose reference log-prob is needed
@@ -57,7 +50,7 @@ class PairStage(ModelStage):
             [row["scores"][j] for j in scored],
             self.cfg.min_score_gap,
             self.cfg.pairs_per_instruction,
-            derive_seed(self.run_seed, self.iteration, row["id"], 0, "pair"),
+            derive_seed(self.context.seed, self.context.iteration, row["id"], 0, "pair"),
         )
         row["pairs"] = [{"chosen": scored[c], "rejected": scored[r]} for c, r in pairs]
         row["dropped_gap"] = dropped.get("gap_too_small", 0)

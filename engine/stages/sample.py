@@ -5,19 +5,16 @@ sample.confounded_temperatures switches deconfounding off for the ablation."""
 from __future__ import annotations
 
 from engine.backends.base import Prompt, SamplingParams
-from engine.config import ModelConfig, SampleConfig
 from engine.seeds import derive_seed
 from engine.stages.base import ModelStage, row_image
 
 
 class SampleStage(ModelStage):
-    stage = "sample"
+    name = "sample"
 
-    def __init__(self, model_cfg: ModelConfig, sample_cfg: SampleConfig, cache_dir: str,
-                 run_name: str, run_seed: int, iteration: int):
-        super().__init__(model_cfg, cache_dir, run_name, iteration)
-        self.cfg = sample_cfg
-        self.run_seed = run_seed
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        sample_cfg = self.cfg
         temperatures = sample_cfg.confounded_temperatures or [sample_cfg.temperature]
         # (decoding parameters, the answer indices j decoded with them)
         self.groups = [
@@ -27,7 +24,7 @@ class SampleStage(ModelStage):
         ]
 
     def answer_seeds(self, instruction_id: str) -> list[int]:
-        return [derive_seed(self.run_seed, self.iteration, instruction_id, j) for j in range(self.cfg.n)]
+        return [derive_seed(self.context.seed, self.context.iteration, instruction_id, j) for j in range(self.cfg.n)]
 
     def sample(self, prompts: list[Prompt], seeds: list[list[int]]) -> list[list]:
         """Per prompt, the completion of every seed, each decoded with its answer's parameters."""

@@ -6,17 +6,11 @@ answer is one question about the whole answer instead."""
 from __future__ import annotations
 
 from engine.claims import labeler_question
-from engine.config import ModelConfig, ScoreConfig
 from engine.stages.base import ModelStage, row_image
 
 
 class ScoreStage(ModelStage):
-    stage = "score"
-
-    def __init__(self, model_cfg: ModelConfig, score_cfg: ScoreConfig, cache_dir: str,
-                 run_name: str, iteration: int):
-        super().__init__(model_cfg, cache_dir, run_name, iteration)
-        self.cfg = score_cfg
+    name = "score"
 
     def process(self, rows: list[dict]) -> None:
         n_questions = 0

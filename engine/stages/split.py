@@ -1,27 +1,25 @@
-"""Divide (ALGORITHMS.md 2): the splitter LLM turns each answer into atomic facts, each with a
-yes/no question, under a JSON schema. Output that still fails to parse after `max_retries`
-re-draws (new seeds) is diverted per answer with the parser's reason, never read as no claims."""
+"""Divide (docs/algorithms.md §2): the splitter LLM turns each answer into atomic facts, each
+with a yes/no question, under a JSON schema. Output that still fails to parse after
+`max_retries` re-draws (new seeds) is diverted per answer with the parser's reason, never read
+as no claims; an answer with no claims is diverted as `no_claims` (nothing to check, so
+nothing to prefer it for)."""
 
 from __future__ import annotations
 
 from engine.backends.base import SamplingParams
 from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, splitter_prompt
-from engine.config import ModelConfig, SplitConfig
 from engine.seeds import derive_seed
 from engine.stages.base import ModelStage
 
 
 class SplitStage(ModelStage):
-    stage = "split"
+    name = "split"
 
-    def __init__(self, model_cfg: ModelConfig, split_cfg: SplitConfig, cache_dir: str,
-                 run_name: str, run_seed: int, iteration: int):
-        super().__init__(model_cfg, cache_dir, run_name, iteration)
-        self.cfg = split_cfg
-        self.run_seed = run_seed
-        self.schema = claims_json_schema(split_cfg.max_claims, split_cfg.max_claim_chars)
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.schema = claims_json_schema(self.cfg.max_claims, self.cfg.max_claim_chars)
         self.params = SamplingParams(
-            temperature=split_cfg.temperature, top_p=split_cfg.top_p, max_new_tokens=split_cfg.max_new_tokens
+            temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_new_tokens=self.cfg.max_new_tokens
         )
 
     def process(self, rows: list[dict]) -> None:
@@ -32,11 +30,12 @@ class SplitStage(ModelStage):
             row["questions"] = [None] * len(row["answers"])
             row["answer_rejects"] = list(row.get("answer_rejects") or [])
         errors: dict[tuple[str, int], str] = {}
+        no_claims: list[tuple[dict, int]] = []
         for attempt in range(self.cfg.max_retries + 1):
             if not pending:
                 break
             prompts = [splitter_prompt(row["prompt"], row["answers"][j]) for row, j in pending]
-            seeds = [derive_seed(self.run_seed, self.iteration, row["id"], j, f"split-{attempt}") for row, j in pending]
+            seeds = [derive_seed(self.context.seed, self.context.iteration, row["id"], j, f"split-{attempt}") for row, j in pending]
             outputs = self.backend.generate_json(prompts, self.schema, self.params, seeds)
             still_pending = []
             for (row, j), text in zip(pending, outputs):
@@ -46,15 +45,24 @@ class SplitStage(ModelStage):
                     errors[(row["id"], j)] = str(exc)
                     still_pending.append((row, j))
                     continue
+                if not claims and not self.cfg.score_claimless_answers:
+                    no_claims.append((row, j))
+                    continue
                 row["facts"][j] = [c.fact for c in claims]
                 row["questions"][j] = [c.question for c in claims]
             pending = still_pending
         for row, j in pending:
             row["answer_rejects"].append(
-                {"answer_index": j, "stage": self.stage, "reason": "unparseable_claims",
+                {"answer_index": j, "stage": self.name, "reason": "unparseable_claims",
                  "detail": f"after {self.cfg.max_retries + 1} attempts: {errors[(row['id'], j)]}"}
+            )
+        for row, j in no_claims:
+            row["answer_rejects"].append(
+                {"answer_index": j, "stage": self.name, "reason": "no_claims",
+                 "detail": "the splitter found no claim to check: such an answer is neither scored nor paired"}
             )
         self.metrics.add(
             claims=sum(len(f) for row in rows for f in row["facts"] if f is not None),
-            rejects=len(pending),
+            rejects=len(pending) + len(no_claims),
+            no_claims=len(no_claims),
         )

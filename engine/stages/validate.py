@@ -11,13 +11,16 @@ the image is decoded only to check it, never re-encoded.
 
 from __future__ import annotations
 
+from functools import cache
+
 import pyarrow as pa
 
 from engine.config import ValidateConfig
-from engine.flight import divert, to_rows, to_table
+from engine.flight import divert, is_live, to_rows, to_table
 from engine.images import ImageRejected, decode_image
 from engine.instruction_io import load_image_bytes
 from engine.metrics import StageMetrics
+from engine.stages.base import RunContext
 
 STAGE = "validate"
 
@@ -43,26 +46,21 @@ def check_row(row: dict, cfg: ValidateConfig) -> None:
         return divert(row, STAGE, exc.reason, exc.detail)
 
 
-def validate_batch(batch: pa.Table, cfg: ValidateConfig) -> pa.Table:
+def validate_batch(batch: pa.Table, cfg: ValidateConfig, context: RunContext | None = None) -> pa.Table:
     """Instruction rows (INSTRUCTION_SCHEMA) -> flight rows, same order, bad ones diverted.
-    A plain function, for map_batches(validate_batch, fn_kwargs={"cfg": ...}, batch_format="pyarrow")."""
+    A plain function for map_batches (a task, no actor); with a context it also counts rows
+    and rejects on the dashboard, as the model stages do."""
     rows = to_rows(batch)
     for row in rows:
         check_row(row, cfg)
+    if context is not None:
+        n_live = sum(is_live(row) for row in rows)
+        _metrics(context.run_name, context.iteration).add(rows_in=len(rows), rows_out=n_live,
+                                                          rejects=len(rows) - n_live)
     return to_table(rows)
 
 
-class ValidateStage:
-    """validate_batch as a callable class that also counts rows and rejects as Ray metrics:
-    map_batches(ValidateStage, fn_constructor_args=(cfg.validate, iteration, run_name),
-    batch_format="pyarrow", compute=ActorPoolStrategy(...))."""
-
-    def __init__(self, validate_cfg: ValidateConfig, iteration: int, run_name: str = ""):
-        self.cfg = validate_cfg
-        self.metrics = StageMetrics(STAGE, run_name, iteration)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        out = validate_batch(batch, self.cfg)
-        n_live = out["reject_reason"].null_count  # a live row has no reject reason
-        self.metrics.add(rows_in=out.num_rows, rows_out=n_live, rejects=out.num_rows - n_live)
-        return out
+@cache
+def _metrics(run_name: str, iteration: int) -> StageMetrics:
+    """One set of counters per worker process (a task's process runs many batches)."""
+    return StageMetrics(STAGE, run_name, iteration)

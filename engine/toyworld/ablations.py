@@ -39,9 +39,10 @@ VARIANTS = (
 def bon_metrics(cfg: Config, policy_dir: str, length_normalise: bool, out_dir: str) -> dict:
     """CHAIR and length of the answers Best-of-N picks on the held-out scenes (engine.bon),
     reusing a finished pass in out_dir."""
-    from engine.bon import BON_CANDIDATE_SCHEMA, MANIFEST, run_bon
+    from engine.bon import BON_CANDIDATE_SCHEMA
+    from engine.bon_pass import MANIFEST, run_bon
     from engine.evaluation import score_rows
-    from engine.instruction_io import read_instructions
+    from engine.instruction_io import read_instruction_table
     from engine.storage import exists, join, read_parquet_dir
 
     bon_cfg = msgspec.structs.replace(cfg.bon, policy=policy_dir, length_normalise=length_normalise)
@@ -50,7 +51,7 @@ def bon_metrics(cfg: Config, policy_dir: str, length_normalise: bool, out_dir: s
         candidates = read_parquet_dir(join(out_dir, "candidates"), BON_CANDIDATE_SCHEMA)
     else:
         _, candidates = run_bon(cfg, out_dir)
-    objects = {row["id"]: row["objects"] for row in read_instructions(cfg.eval.heldout_path).to_pylist()}
+    objects = {row["id"]: row["objects"] for row in read_instruction_table(cfg.eval.heldout_path).to_pylist()}
     rows = [{"description": row["response"], "objects": objects[row["instruction_id"]], "probe_truths": [],
              "p_yes": [], "p_no": []} for row in candidates.to_pylist() if row["chosen"]]
     vocab = hal.load_vocabulary(cfg.eval.vocabulary or hal.groups_for(objects.values()))

@@ -55,7 +55,7 @@ def with_grammatical_share(cfg: Config, metrics: list[dict]) -> list[dict]:
     (engine.toyworld.grammar), read from the evaluation rows the iterations wrote."""
     from engine.evaluation import ROWS_FILE
     from engine.iterate import EVAL_DIR, EVAL_INITIAL_DIR
-    from engine.run import RunDir
+    from engine.run_dir import RunDir
     from engine.storage import filesystem, join
 
     run = RunDir(cfg)

@@ -1,0 +1,44 @@
+"""The instruction input of a pass: checked before anything heavy starts, then read as a
+streamed Ray Dataset of INSTRUCTION_SCHEMA rows."""
+
+from __future__ import annotations
+
+from engine.config import InputConfig
+from engine.instruction_io import instruction_format, normalise_instructions
+from engine.storage import exists, filesystem
+
+
+class InputError(ValueError):
+    """The instruction input cannot be read at all (as opposed to a bad row, which is diverted)."""
+
+
+def check_input(path: str, declared_format: str = "auto") -> None:
+    """Fail fast, before any model loads, on an input that is not there, not reachable, or
+    of no known format."""
+    try:
+        instruction_format(path, declared_format)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    try:
+        found = exists(path)
+    except Exception as exc:  # unknown protocol, missing fsspec backend, no credentials, DNS...
+        raise InputError(f"input {path!r} is not reachable: {type(exc).__name__}: {exc}") from None
+    if not found:
+        raise InputError(f"input {path!r} does not exist")
+
+
+def read_instruction_dataset(input_cfg: InputConfig):
+    """The lazy Ray Dataset of the input's rows, normalised to INSTRUCTION_SCHEMA."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    check_input(input_cfg.path, input_cfg.format)
+    fs, path = filesystem(input_cfg.path)
+    arrow_fs = PyFileSystem(FSSpecHandler(fs))
+    if instruction_format(input_cfg.path, input_cfg.format) == "parquet":
+        ds = ray.data.read_parquet(path, filesystem=arrow_fs)
+    else:
+        ds = ray.data.read_json(path, filesystem=arrow_fs)  # newline-delimited JSON
+    if input_cfg.limit:
+        ds = ds.limit(input_cfg.limit)
+    return ds.map_batches(normalise_instructions, batch_format="pyarrow")

@@ -1,0 +1,112 @@
+"""Stages as data: stages take their backends from outside, and the stage list alone decides
+what the pass runs, times, summarises and sizes (a dummy stage shows up everywhere)."""
+
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from engine.backends.base import Completion
+from engine.config import BonConfig, ConfigError, SampleConfig, SplitConfig, load_config
+from engine.flight import to_table
+from engine.pipeline import STAGES, generate_pairs, stage_names
+from engine.schemas import instruction_stats_schema
+from engine.stages.base import ModelStage, RunContext, StageSpec
+from engine.stages.bon import BonStage
+from engine.stages.sample import SampleStage
+from engine.stages.split import SplitStage
+from engine.storage import read_parquet_dir
+
+REPO = Path(__file__).resolve().parent.parent
+CONTEXT = RunContext(run_name="test", seed=3, iteration=1, cache_dir="unused")
+
+
+class FakePolicy:
+    """Answers "answer <seed>" of length 2 and log-prob -seed/1000 per answer."""
+
+    def sample(self, items, seeds, params):
+        return [[Completion(f"answer {s}", 2, s) for s in row] for row in seeds]
+
+    def logprobs(self, items, responses):
+        return [(-int(r.split()[1]) / 1000, 2) for r in responses]
+
+
+def test_a_stage_runs_on_an_injected_backend():
+    stage = SampleStage(cfg=SampleConfig(n=3), context=CONTEXT, backends={"policy": FakePolicy})
+    out = stage(to_table([{"id": "a", "prompt": "Describe."}, {"id": "b", "prompt": "x", "reject_reason": "bad"}]))
+    live, diverted = out.to_pylist()
+    assert live["answers"] == [f"answer {s}" for s in stage.answer_seeds("a")]
+    assert len(set(live["answer_seeds"])) == 3 and diverted["answers"] is None
+    assert [item["stage"] for item in live["stage_seconds"]] == ["sample"]
+
+
+def test_equal_backend_loaders_load_one_model():
+    loads = []
+
+    def load():
+        loads.append(1)
+        return FakePolicy()
+
+    stage = BonStage(cfg=BonConfig(n=2), context=CONTEXT, backends={"policy": load, "reference": load})
+    assert len(loads) == 1 and stage.backends["policy"] is stage.backends["reference"]
+    (row,) = stage(to_table([{"id": "a", "prompt": "Describe."}])).to_pylist()
+    assert row["rewards"] == [0.0, 0.0] and row["best_answer"] == 0  # same model: every log-ratio is 0
+
+
+class CountingStage(ModelStage):
+    """A model-free stage: counts the characters of each prompt into `answer_tokens`."""
+
+    name = "count"
+
+    def process(self, rows):
+        for row in rows:
+            row["answer_tokens"] = [len(row["prompt"])]
+
+
+class EchoStage(CountingStage):
+    name = "echo"
+
+
+DUMMY_STAGES = (StageSpec("count", CountingStage, models=(), section="sample"),
+                StageSpec("echo", EchoStage, models=(), section="pair"))
+
+
+def _config(*extra):
+    return load_config(REPO / "configs" / "smoke.toml", ["input.limit=3", "sample.resources.num_cpus=0.5",
+                                                         "pair.resources.num_cpus=0.5", *extra])
+
+
+def test_the_stage_list_decides_timing_columns_summary_and_pool_check(ray_local, tmp_path):
+    # pytest imports this file under a name Ray's workers cannot import: ship its classes by value.
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    assert stage_names(STAGES) == ("sample", "split", "score", "pair")
+    summary = generate_pairs(_config(), 0, str(tmp_path), stages=DUMMY_STAGES)
+    assert list(summary["stages"]) == ["count", "echo"] and summary["instructions"] == 3
+    stats = read_parquet_dir(f"{tmp_path}/rows", instruction_stats_schema(("count", "echo")))
+    assert [name for name in stats.column_names if name.startswith("seconds_")] == ["seconds_count", "seconds_echo"]
+    assert pa.compute.min(stats["seconds_echo"]).as_py() > 0
+    with pytest.raises(ConfigError, match="count 50.*echo 0.5"):
+        generate_pairs(_config("sample.resources.min_actors=100"), 0, str(tmp_path / "too-big"), stages=DUMMY_STAGES)
+
+
+class FakeSplitter:
+    """One claim for an answer that mentions a circle, none otherwise."""
+
+    def generate_json(self, prompts, schema, params, seeds):
+        claim = '{"fact": "There is a circle.", "question": "Is there a circle?"}'
+        return [f'{{"claims": [{claim if "circle" in p.split("Answer:")[-1] else ""}]}}' for p in prompts]
+
+
+@pytest.mark.parametrize("score_claimless", [False, True])
+def test_an_answer_without_claims_is_diverted_not_scored(score_claimless):
+    cfg = SplitConfig(score_claimless_answers=score_claimless)
+    stage = SplitStage(cfg=cfg, context=CONTEXT, backends={"splitter": FakeSplitter})
+    row = {"id": "a", "prompt": "Describe.", "answers": ["A red circle.", "The image shows a scene."]}
+    (out,) = stage(to_table([row])).to_pylist()
+    assert out["questions"][0] == ["Is there a circle?"]
+    if score_claimless:  # the ablation: scored 0 later, as the old rule did
+        assert out["questions"][1] == [] and out["answer_rejects"] == []
+    else:
+        assert out["questions"][1] is None and out["facts"][1] is None
+        assert [(r["answer_index"], r["stage"], r["reason"]) for r in out["answer_rejects"]] == [(1, "split", "no_claims")]
