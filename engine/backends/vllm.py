@@ -37,7 +37,7 @@ from engine.backends.base import (
 )
 from engine.config import ModelConfig
 
-# KV cache space on CPU; vLLM otherwise asks for 92 % of the NUMA node's memory and refuses.
+# KV cache space on CPU; vLLM otherwise reserves most of the NUMA node's memory and refuses to start.
 DEFAULT_CPU_KVCACHE_GIB = "1"
 
 
@@ -61,7 +61,7 @@ class VLLMBackend:
             gpu_memory_utilization=model_cfg.gpu_memory_utilization,
             tensor_parallel_size=model_cfg.tensor_parallel_size,
             enable_prefix_caching=True,
-            # CUDA graphs pay off on GPU; on CPU eager mode starts faster and is as quick.
+            # CUDA graphs pay off on GPU; on CPU eager mode skips their capture at start-up.
             enforce_eager=on_cpu,
             seed=0,
             # The hf backend's grammar engine, with compact JSON (the per-request whitespace
