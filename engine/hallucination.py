@@ -1,10 +1,13 @@
-"""Object-hallucination metrics (ALGORITHMS.md 8): CHAIR_s / CHAIR_i over descriptions, and the
-yes/no probing scores (accuracy, precision, recall, F1, yes-ratio) of AMBER's discriminative task.
+"""Object-hallucination metrics (docs/algorithms.md §8): CHAIR_s / CHAIR_i over descriptions, and
+the yes/no probing scores (accuracy, precision, recall, F1, yes-ratio) of AMBER's discriminative task.
 
 Pure functions; the vocabulary is data we ship, data/vocab/objects.json, in named groups:
 
-- "coco": the 80 COCO categories (the original CHAIR's objects), each with common synonyms and
-  plurals ("people" -> person, "puppies" -> dog, "hot dog" -> hot dog, not dog).
+- "coco": the 80 COCO categories with the original CHAIR's word rules, carried over in
+  data/vocab/coco_chair.json and read by engine.chair_words: its synonym table ("puppy" -> dog),
+  and the phrases read as one word before single words ("hot dog" is no dog, "baby elephant"
+  no person, "passenger train" a train, "toilet seat" a toilet, "train track" nothing), each
+  with its plural; a "seat" in a description that names a toilet is no chair.
 - "scenes": the synthetic scenes' world (engine.vocabulary). An object there is a colour and a
   shape, "red circle", not "circle": that is what a scene's ground truth lists, what its
   "absent" prompts ask about, and a red circle described as blue is an invented object. Bare
@@ -12,9 +15,9 @@ Pure functions; the vocabulary is data we ship, data/vocab/objects.json, in name
   circle" is correct wherever any circle is drawn and a hallucination where none is.
 
 Mentions are found by longest match over lower-cased word tokens, so a multi-word form wins
-over the words inside it ("orange star" is one scene object, not the fruit; "teddy bear" is
-not a bear). Every occurrence is a mention: as in the original CHAIR, a hallucinated object
-named twice counts twice in CHAIR_i.
+over the words inside it ("orange star" is one scene object, not the fruit). Every occurrence
+is a mention: as in the original CHAIR, a hallucinated object named twice counts twice in
+CHAIR_i.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
+
+from engine import chair_words
 
 from engine.pairing import accepts
 
@@ -38,25 +43,56 @@ def tokenize(text: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(text.lower()))
 
 
+class Form(NamedTuple):
+    """What a surface form reads as: the listed word ("puppies" -> "puppy", "toilet seat" ->
+    "toilet"), which the drop rules look at, and its object (None: a phrase naming none)."""
+
+    word: str
+    object: str | None
+
+
 @dataclass(frozen=True)
 class Vocabulary:
     groups: tuple[str, ...]
-    forms: dict[tuple[str, ...], str]  # tokenised surface form -> canonical object
+    forms: dict[tuple[str, ...], Form]  # tokenised surface form -> its reading
     implies: dict[str, frozenset[str]]  # object -> objects its presence entails
+    dropped_with: dict[str, frozenset[str]]  # word -> words whose presence uncounts it
     longest: int  # tokens in the longest form
 
     @property
     def objects(self) -> frozenset[str]:
-        return frozenset(self.forms.values())
+        return frozenset(form.object for form in self.forms.values() if form.object is not None)
 
     def canonical(self, name: str) -> str | None:
         """The canonical object a whole name denotes ("puppies" -> "dog"), or None."""
-        return self.forms.get(tokenize(name))
+        form = self.forms.get(tokenize(name))
+        return form.object if form else None
+
+
+@dataclass(frozen=True)
+class _Group:
+    forms: dict[str, Form]
+    implies: dict[str, list[str]]
+    dropped_with: dict[str, list[str]]
 
 
 @lru_cache(maxsize=1)
 def _vocabulary_data(path: str) -> dict:
     return json.loads(Path(path).read_text())["groups"]
+
+
+@lru_cache(maxsize=None)
+def _load_group(path: str, group: str) -> _Group:
+    """One group's forms: listed ("objects"), or made from CHAIR rules in a sibling file."""
+    data = _vocabulary_data(path)[group]
+    if "chair_rules" in data:
+        rules = json.loads((Path(path).parent / data["chair_rules"]).read_text())
+        forms = {surface: Form(*reading) for surface, reading in chair_words.surface_forms(rules).items()}
+        return _Group(forms, {}, rules["dropped_with"])
+    forms = {
+        form: Form(name, name) for name, surface_forms in data["objects"].items() for form in [name, *surface_forms]
+    }
+    return _Group(forms, data["implies"], {})
 
 
 def vocabulary_groups(path: str | Path = VOCABULARY_PATH) -> tuple[str, ...]:
@@ -66,20 +102,22 @@ def vocabulary_groups(path: str | Path = VOCABULARY_PATH) -> tuple[str, ...]:
 def load_vocabulary(groups: Sequence[str], path: str | Path = VOCABULARY_PATH) -> Vocabulary:
     """The union of the named groups. A surface form that two groups give to different
     objects is an error: extraction would otherwise depend on group order."""
-    data = _vocabulary_data(str(path))
-    unknown = [g for g in groups if g not in data]
+    known = vocabulary_groups(path)
+    unknown = [g for g in groups if g not in known]
     if not groups or unknown:
-        raise ValueError(f"vocabulary groups must be a non-empty selection of {sorted(data)}, got {list(groups)}")
-    forms: dict[tuple[str, ...], str] = {}
+        raise ValueError(f"vocabulary groups must be a non-empty selection of {sorted(known)}, got {list(groups)}")
+    forms: dict[tuple[str, ...], Form] = {}
     implies: dict[str, frozenset[str]] = {}
-    for group in groups:
-        for name, surface_forms in data[group]["objects"].items():
-            for form in [name, *surface_forms]:
-                tokens = tokenize(form)
-                if forms.setdefault(tokens, name) != name:
-                    raise ValueError(f"vocabulary form {form!r} names both {forms[tokens]!r} and {name!r}")
-        implies.update({name: frozenset(parents) for name, parents in data[group]["implies"].items()})
-    return Vocabulary(tuple(groups), forms, implies, max(len(tokens) for tokens in forms))
+    dropped_with: dict[str, frozenset[str]] = {}
+    for group_name in groups:
+        group = _load_group(str(path), group_name)
+        for surface, form in group.forms.items():
+            tokens = tokenize(surface)
+            if forms.setdefault(tokens, form).object != form.object:
+                raise ValueError(f"vocabulary form {surface!r} names both {forms[tokens].object!r} and {form.object!r}")
+        implies.update({name: frozenset(parents) for name, parents in group.implies.items()})
+        dropped_with.update({word: frozenset(others) for word, others in group.dropped_with.items()})
+    return Vocabulary(tuple(groups), forms, implies, dropped_with, max(len(tokens) for tokens in forms))
 
 
 def groups_for(ground_truth: Iterable[Iterable[str]], path: str | Path = VOCABULARY_PATH) -> tuple[str, ...]:
@@ -90,20 +128,31 @@ def groups_for(ground_truth: Iterable[Iterable[str]], path: str | Path = VOCABUL
     return chosen or vocabulary_groups(path)
 
 
-def extract_mentions(text: str, vocab: Vocabulary) -> list[str]:
-    """Canonical objects mentioned in `text`, one entry per occurrence, in order."""
-    tokens = tokenize(text)
-    mentions, i = [], 0
+def _readings(tokens: Sequence[str], vocab: Vocabulary) -> list[Form]:
+    """The forms found in `tokens`, longest first at each position, left to right."""
+    found, i = [], 0
     while i < len(tokens):
         for width in range(min(vocab.longest, len(tokens) - i), 0, -1):
-            name = vocab.forms.get(tokens[i : i + width])
-            if name is not None:
-                mentions.append(name)
+            form = vocab.forms.get(tuple(tokens[i : i + width]))
+            if form is not None:
+                found.append(form)
                 i += width
                 break
         else:
             i += 1
-    return mentions
+    return found
+
+
+def extract_mentions(text: str, vocab: Vocabulary) -> list[str]:
+    """Canonical objects mentioned in `text`, one entry per occurrence, in order; a word is
+    not counted where a word it is dropped with also occurs ("seat" beside "toilet")."""
+    readings = _readings(tokenize(text), vocab)
+    words = {form.word for form in readings}
+    return [
+        form.object
+        for form in readings
+        if form.object is not None and not vocab.dropped_with.get(form.word, frozenset()) & words
+    ]
 
 
 def listed_objects(objects: Iterable[str], vocab: Vocabulary) -> frozenset[str]:
@@ -161,7 +210,8 @@ def coverage(mentions: Sequence[Sequence[str]], listed: Sequence[frozenset[str]]
 
 
 def says_yes(p_yes: float, p_no: float) -> bool:
-    """The answer read from the yes/no probabilities, by the labeler's own rule (a tie is "no")."""
+    """The answer read from the yes/no probabilities, by the labeler's own rule (a tie is "no",
+    docs/algorithms.md §3)."""
     return accepts(p_yes, p_no)
 
 

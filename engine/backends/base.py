@@ -13,9 +13,13 @@ from typing import Any, Protocol
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-# The labeler's answer words (ALGORITHMS.md 3), each with and without a leading space.
-YES_WORDS = ("yes", " yes", "Yes", " Yes")
-NO_WORDS = ("no", " no", "No", " No")
+# The labeler's answer words (docs/algorithms.md §3): p_yes reads P("yes") + P("Yes"), as the
+# released autocheck code does; all-caps "YES" is another word and does not count.
+YES_WORDS = ("yes", "Yes")
+NO_WORDS = ("no", "No")
+# How vocabularies spell a word at its start: bare, after a plain space, after SentencePiece's
+# "▁" (Llama-2, Vicuna) or after byte-level BPE's "Ġ" for a space (Llama-3, Qwen2).
+_WORD_STARTS = ("", " ", "\u2581", "\u0120")
 # A printable ASCII character that needs no escape in a JSON string (not " or \\).
 _PLAIN_JSON_CHAR = r"[ !#-\[\]-~]"
 
@@ -84,21 +88,19 @@ def check_sample_args(items: list[Prompt], seeds: list[list[int]]) -> None:
         raise ValueError(f"{len(items)} prompts but {len(seeds)} seed lists")
 
 
-def single_token_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[int]:
-    """The distinct token ids of those `words` that encode to exactly one token."""
-    ids = set()
-    for word in words:
-        encoded = tokenizer.encode(word, add_special_tokens=False)
-        if len(encoded) == 1:
-            ids.add(encoded[0])
-    return sorted(ids)
+def whole_word_token_ids(tokenizer: PreTrainedTokenizerBase, words: tuple[str, ...]) -> list[int]:
+    """The ids of every vocabulary entry that spells one of `words` as one whole token, with
+    any of the word-start marks. Encoding the words finds one spelling each (SentencePiece
+    turns both "Yes" and " Yes" into "▁Yes"), while an answer may start with any of them."""
+    spellings = {start + word for word in words for start in _WORD_STARTS}
+    return sorted({token_id for token, token_id in tokenizer.get_vocab().items() if token in spellings})
 
 
 def yes_no_token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    """Ids whose probabilities sum to p_yes and to p_no (ALGORITHMS.md 3)."""
-    yes_ids, no_ids = single_token_ids(tokenizer, YES_WORDS), single_token_ids(tokenizer, NO_WORDS)
+    """Ids whose probabilities sum to p_yes and to p_no (docs/algorithms.md §3)."""
+    yes_ids, no_ids = whole_word_token_ids(tokenizer, YES_WORDS), whole_word_token_ids(tokenizer, NO_WORDS)
     if not yes_ids or not no_ids:
-        raise ValueError("the labeler's tokenizer encodes none of yes/Yes or none of no/No as a single token")
+        raise ValueError("the labeler's tokenizer has no single token for yes/Yes or none for no/No")
     return yes_ids, no_ids
 
 
