@@ -79,3 +79,25 @@ def test_no_file_points_outside_the_repository():
             continue
         hits += [f"{name}: {word}" for word in outside if word in text]
     assert not hits, "\n".join(hits)
+
+
+def _tracked_text(suffixes: tuple[str, ...]) -> dict[str, str]:
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    return {name: (ROOT / name).read_text() for name in tracked if name.endswith(suffixes) and (ROOT / name).is_file()}
+
+
+def test_every_reference_into_the_docs_resolves():
+    """`docs/algorithms.md §N` names a section that exists; every test the docs name exists."""
+    import re
+
+    algorithms = (ROOT / "docs" / "algorithms.md").read_text()
+    sections = set(re.findall(r"^## (\d+) ", algorithms, flags=re.MULTILINE))
+    cited = {(name, number) for name, text in _tracked_text((".py", ".toml", ".md", ".yaml")).items()
+             for number in re.findall(r"algorithms\.md §(\d+)", text)}
+    assert {number for _, number in cited} <= sections, sorted(c for c in cited if c[1] not in sections)
+    defined = {name for text in _tracked_text((".py",)).values() for name in re.findall(r"def (test_\w+)", text)}
+    named = set()
+    for doc in ("algorithms.md", "design.md"):
+        named |= set(re.findall(r"\b(test_\w+)`", (ROOT / "docs" / doc).read_text()))
+    named = {name for name in named if not name.endswith("_py")}
+    assert named <= defined, sorted(named - defined)
