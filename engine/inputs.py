@@ -3,8 +3,11 @@ streamed Ray Dataset of INSTRUCTION_SCHEMA rows."""
 
 from __future__ import annotations
 
+import pyarrow as pa
+
 from engine.config import InputConfig
-from engine.instruction_io import instruction_format, normalise_instructions
+from engine.instruction_io import instruction_format, normalise_instructions, parse_jsonl
+from engine.schemas import INSTRUCTION_SCHEMA
 from engine.storage import exists, filesystem
 
 
@@ -36,9 +39,16 @@ def read_instruction_dataset(input_cfg: InputConfig):
     fs, path = filesystem(input_cfg.path)
     arrow_fs = PyFileSystem(FSSpecHandler(fs))
     if instruction_format(input_cfg.path, input_cfg.format) == "parquet":
-        ds = ray.data.read_parquet(path, filesystem=arrow_fs)
+        ds = ray.data.read_parquet(path, filesystem=arrow_fs).map_batches(normalise_instructions,
+                                                                          batch_format="pyarrow")
     else:
-        ds = ray.data.read_json(path, filesystem=arrow_fs)  # newline-delimited JSON
-    if input_cfg.limit:
-        ds = ds.limit(input_cfg.limit)
-    return ds.map_batches(normalise_instructions, batch_format="pyarrow")
+        # The project's own line reader, not read_json: a bad line becomes one diverted row
+        # that names its file and line, instead of failing the whole read.
+        ds = ray.data.read_binary_files(path, filesystem=arrow_fs, include_paths=True)
+        ds = ds.map_batches(_parse_jsonl_files, batch_size=1, batch_format="pyarrow")
+    return ds.limit(input_cfg.limit) if input_cfg.limit else ds
+
+
+def _parse_jsonl_files(batch: pa.Table) -> pa.Table:
+    tables = [parse_jsonl(data, path) for data, path in zip(batch["bytes"].to_pylist(), batch["path"].to_pylist())]
+    return pa.concat_tables(tables) if tables else INSTRUCTION_SCHEMA.empty_table()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from engine.schemas import INSTRUCTION_SCHEMA
-from engine.storage import filesystem, write_bytes_atomic
+from engine.storage import filesystem, redact_uri, write_bytes_atomic
 
 REQUIRED_COLUMNS = ("id", "prompt")
 FORMATS = ("parquet", "jsonl")
@@ -90,7 +90,7 @@ def write_instructions(table: pa.Table, url: str) -> None:
     the first line still sees them all.
     """
     fmt = instruction_format(url)
-    table = normalise_instructions(table)
+    table = normalise_instructions(table).drop_columns(["read_error"])  # the reader's state, not data
     if fmt == "parquet":
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
@@ -100,24 +100,63 @@ def write_instructions(table: pa.Table, url: str) -> None:
     write_bytes_atomic(url, data)
 
 
-def _read_jsonl(data: bytes, url: str) -> pa.Table:
-    rows = []
-    for number, line in enumerate(data.decode().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{url} line {number} is not JSON: {exc}") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{url} line {number} is not a JSON object")
-        rows.append(row)
-    # Columns are the union over all lines: a key absent from a line reads as null there.
-    names = list(dict.fromkeys(name for row in rows for name in row))
+# A JSONL line's fields and the JSON types each may hold (the image as base64 text).
+_JSONL_FIELDS = {"id": (str, int), "prompt": (str,), "image": (str,), "image_uri": (str,), "objects": (list,)}
+_JSONL_ROW_SCHEMA = pa.schema([pa.field("image", pa.string()) if f.name == "image" else f for f in INSTRUCTION_SCHEMA])
+
+
+def parse_jsonl(data: bytes, url: str) -> pa.Table:
+    """Every non-blank line of a JSONL file as one instruction row. A line that cannot be read
+    (not UTF-8, not JSON, not an object, a field of the wrong type) becomes a row whose
+    `read_error` names the file and line, so validation diverts it and the other lines go on."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    rows = [_jsonl_row(line, f"{url} line {number}", f"{name}:{number}")
+            for number, line in enumerate(data.split(b"\n"), start=1) if line.strip()]
+    return normalise_instructions(pa.Table.from_pylist(rows, schema=_JSONL_ROW_SCHEMA))
+
+
+def _jsonl_row(line: bytes, where: str, fallback_id: str) -> dict:
     try:
-        return pa.table({name: pa.array([row.get(name) for row in rows]) for name in names})
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise ValueError(f"{url}: a column mixes value types: {exc}") from None
+        row = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return {"id": fallback_id, "read_error": f"{where} is not UTF-8 text"}
+    except json.JSONDecodeError as exc:
+        return {"id": fallback_id, "read_error": f"{where} is not JSON: {exc}"}
+    if not isinstance(row, dict):
+        return {"id": fallback_id, "read_error": f"{where} is not a JSON object"}
+    out = {field: row.get(field) for field in _JSONL_FIELDS}
+    if out["id"] is None:
+        out["id"] = ""  # validation diverts it as missing_id
+    elif isinstance(out["id"], int) and not isinstance(out["id"], bool):
+        out["id"] = str(out["id"])
+    problem = _field_problem(out)
+    if problem:
+        readable_id = out["id"] if isinstance(out["id"], str) and _is_utf8(out["id"]) else fallback_id
+        return {"id": readable_id or fallback_id, "read_error": f"{where}: {problem}"}
+    return out
+
+
+def _field_problem(row: dict) -> str | None:
+    for field, types in _JSONL_FIELDS.items():
+        value = row[field]
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"field {field!r} is {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}"
+        texts = value if isinstance(value, list) else [value]
+        if not all(isinstance(text, str) for text in texts):
+            return f"field {field!r} must be a list of strings"
+        if not all(_is_utf8(text) for text in texts):
+            return f"field {field!r} holds text that is not valid Unicode (a lone surrogate)"
+    return None
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def read_instruction_table(url: str, format: str = "auto") -> pa.Table:
@@ -125,17 +164,19 @@ def read_instruction_table(url: str, format: str = "auto") -> pa.Table:
     fmt = instruction_format(url, format)
     fs, path = filesystem(url)
     with fs.open(path, "rb") as f:
-        table = pq.read_table(f) if fmt == "parquet" else _read_jsonl(f.read(), url)
-    return normalise_instructions(table)
+        return normalise_instructions(pq.read_table(f)) if fmt == "parquet" else parse_jsonl(f.read(), url)
 
 
 def load_image_bytes(uri: str) -> bytes:
-    """Image bytes behind a URI; FileNotFoundError or OSError whose message names the URI."""
+    """Image bytes behind a URI; FileNotFoundError or OSError whose message names the URI with
+    any credentials removed (messages end up in rejects/ and logs)."""
+    shown = redact_uri(uri)
     try:
         fs, path = filesystem(uri)
         with fs.open(path, "rb") as f:
             return f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {uri}") from None
+        raise FileNotFoundError(f"image not found: {shown}") from None
     except Exception as exc:  # permissions, unknown protocol, missing backend, credentials
-        raise OSError(f"cannot read image {uri}: {type(exc).__name__}: {exc}") from None
+        detail = str(exc).replace(uri, shown)
+        raise OSError(f"cannot read image {shown}: {type(exc).__name__}: {detail}") from None

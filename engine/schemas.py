@@ -20,6 +20,9 @@ INSTRUCTION_SCHEMA = pa.schema(
         pa.field("image", pa.binary()),
         pa.field("image_uri", pa.string()),
         pa.field("objects", pa.list_(pa.string())),
+        # Set by the reader on a row it could not read (a JSONL line that is not JSON, a field
+        # of the wrong type...): where and why. Validation diverts the row with it.
+        pa.field("read_error", pa.string()),
     ]
 )
 

@@ -10,6 +10,7 @@ import io
 import json
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import fsspec
 import pyarrow as pa
@@ -80,3 +81,14 @@ def read_parquet_dir(dir_url: str, schema: pa.Schema) -> pa.Table:
         with fs.open(path, "rb") as f:
             tables.append(pq.read_table(f, schema=schema))
     return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without what may be a secret: the user and password before the host, and the
+    query (presigned URLs carry their signature there)."""
+    parts = urlsplit(uri)
+    if not parts.netloc and not parts.query:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = "<redacted>@" if "@" in parts.netloc else ""
+    return urlunsplit((parts.scheme, userinfo + host, parts.path, "<redacted>" if parts.query else "", parts.fragment))

@@ -24,6 +24,7 @@ from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema,
 from engine.storage import join, read_parquet_dir, write_parquet_atomic
 
 PAIRS_PER_SHARD = 10_000
+REJECT_PROMPT_CHARS = 200
 
 
 def pair_id(iteration: int, instruction_id: str, chosen: int, rejected: int) -> str:
@@ -56,10 +57,17 @@ def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:
     return pa.Table.from_pylist(out, schema=PAIR_SCHEMA)
 
 
+def excerpt(text: str | None, limit: int = REJECT_PROMPT_CHARS) -> str | None:
+    """The start of a long text and its length: enough to find the row, not a copy of it."""
+    if text is None or len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} chars)"
+
+
 def reject_rows(rows: list[dict], iteration: int) -> pa.Table:
     out = []
     for row in rows:
-        base = {"instruction_id": row["id"], "iteration": iteration, "prompt": row.get("prompt")}
+        base = {"instruction_id": row["id"], "iteration": iteration, "prompt": excerpt(row.get("prompt"))}
         if row.get("reject_reason") is not None:
             out.append({**base, "stage": row["reject_stage"], "reason": row["reject_reason"],
                         "detail": row.get("reject_detail") or "", "answer_index": -1})

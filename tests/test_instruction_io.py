@@ -94,3 +94,39 @@ def test_load_image_bytes_names_the_uri(tmp_path):
         load_image_bytes("memory://nowhere/nope.png")
     with pytest.raises(OSError, match="nosuchproto://x/y.png"):
         load_image_bytes("nosuchproto://x/y.png")
+
+
+def test_every_unreadable_jsonl_line_is_one_row_with_its_error(tmp_path):
+    good = b'{"id": "ok", "prompt": "Describe."}'
+    lines = [good, b'{"id": "cut", "prompt": "Descr', b'\xff\xfe not utf-8', b'[1, 2]',
+             b'{"id": "num", "prompt": 7}', b'{"id": 8, "prompt": "p", "objects": "cat"}',
+             b'{"id": "sur", "prompt": "\\ud800"}', b'', b'{"id": 9, "prompt": "int ids are read as text"}']
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    rows = read_instruction_table(str(path)).to_pylist()
+    assert [(row["id"], row["read_error"] is None) for row in rows] == [
+        ("ok", True), ("mixed.jsonl:2", False), ("mixed.jsonl:3", False), ("mixed.jsonl:4", False),
+        ("num", False), ("8", False), ("sur", False), ("9", True)]
+    errors = [row["read_error"] for row in rows if row["read_error"]]
+    assert all(f"{path} line " in error for error in errors)
+    assert "line 2 is not JSON" in errors[0] and "line 3 is not UTF-8" in errors[1]
+    assert "line 4 is not a JSON object" in errors[2] and "'prompt' is int" in errors[3]
+    assert "'objects' is str" in errors[4] and "lone surrogate" in errors[5]
+
+
+def test_a_binary_file_named_jsonl_gives_diverted_rows_not_a_crash(tmp_path):
+    path = tmp_path / "image.jsonl"
+    path.write_bytes(bytes(range(256)) * 4)
+    rows = read_instruction_table(str(path)).to_pylist()
+    assert rows and all(row["read_error"] for row in rows)
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("s3://key:secret@bucket/a.png", "s3://<redacted>@bucket/a.png"),
+    ("https://host/a.png?X-Amz-Signature=abc", "https://host/a.png?<redacted>"),
+    ("/local/a.png", "/local/a.png"),
+])
+def test_image_errors_name_the_uri_without_credentials(uri, shown):
+    with pytest.raises(OSError) as info:
+        load_image_bytes(uri)
+    assert shown in str(info.value) and "secret" not in str(info.value) and "abc" not in str(info.value)

@@ -44,9 +44,10 @@ def mixed_input(tmp_path_factory) -> str:
         {"id": "bad-missing-file", "prompt": "Describe the image.", "image_uri": str(tmp / "nope.png")},
         {"id": "bad-oversized", "prompt": "Describe the image.", "image": b64encode(png((400, 400))).decode()},
         {"id": "good-uri", "prompt": "Describe the image.", "image_uri": str(tmp / "on_disk.png")},
+        {"id": "bad-placeholder", "prompt": "Describe <image> here.", "image": b64encode(good).decode()},
     ]
     path = tmp / "instructions.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"id": "bad-cut-line", "prompt": "Desc\n')
     return str(path)
 
 
@@ -67,7 +68,7 @@ def first_run(ray_local, model_cache, mixed_input, tmp_path_factory):
 
 def test_every_stage_ran_and_output_validates(first_run):
     out, summary = first_run
-    assert summary["instructions"] == GOOD_ROWS + 7
+    assert summary["instructions"] == GOOD_ROWS + 9
     assert summary["answers"] == (GOOD_ROWS + 1) * 3
     for stage in ("sample", "split", "score", "pair"):
         assert summary["stages"][stage]["busy_seconds"] > 0, stage
@@ -93,10 +94,13 @@ def test_each_bad_input_lands_in_rejects_with_its_reason(first_run):
         "bad-truncated": "truncated_image",
         "bad-missing-file": "missing_image",
         "bad-oversized": "image_too_many_pixels",
+        "instructions.jsonl:13": "unreadable_row",
+        "bad-placeholder": "image_placeholder",
     }
     assert {k: rejects[k]["reason"] for k in expected} == expected
     assert all(r["stage"] == "validate" and r["detail"] for r in rejects.values())
     assert "nope.png" in rejects["bad-missing-file"]["detail"]
+    assert "instructions.jsonl line 13 is not JSON" in rejects["instructions.jsonl:13"]["detail"]
     assert summary["instructions_rejected"] == len(expected)
     assert "good-uri" not in rejects
 

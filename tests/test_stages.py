@@ -110,3 +110,37 @@ def test_an_answer_without_claims_is_diverted_not_scored(score_claimless):
     else:
         assert out["questions"][1] is None and out["facts"][1] is None
         assert [(r["answer_index"], r["stage"], r["reason"]) for r in out["answer_rejects"]] == [(1, "split", "no_claims")]
+
+
+class PickyPolicy(FakePolicy):
+    """Refuses any prompt holding "<image>", as a processor does, and counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def sample(self, items, seeds, params):
+        self.calls += 1
+        if any("<image>" in item.text for item in items):
+            raise ValueError("the prompt holds an image placeholder")
+        return super().sample(items, seeds, params)
+
+
+def test_a_row_the_backend_fails_on_is_diverted_and_its_batch_mates_go_on():
+    stage = SampleStage(cfg=SampleConfig(n=2), context=CONTEXT, backends={"policy": PickyPolicy})
+    rows = [{"id": f"r{k}", "prompt": "Describe <image>." if k == 5 else "Describe."} for k in range(8)]
+    out = stage(to_table(rows)).to_pylist()
+    assert [row["reject_reason"] for row in out] == [None] * 5 + ["backend_error"] + [None] * 2
+    assert out[5]["reject_stage"] == "sample" and "ValueError: the prompt holds" in out[5]["reject_detail"]
+    assert out[5]["answers"] is None and all(len(row["answers"]) == 2 for k, row in enumerate(out) if k != 5)
+    assert stage.backend.calls == 1 + 2 + 2 + 2  # the batch, then halves down to the bad row: log2(8) levels
+
+
+class ExhaustedPolicy(FakePolicy):
+    def sample(self, items, seeds, params):
+        raise MemoryError("out of memory")
+
+
+def test_out_of_memory_stays_fatal():
+    stage = SampleStage(cfg=SampleConfig(n=2), context=CONTEXT, backends={"policy": ExhaustedPolicy})
+    with pytest.raises(MemoryError):
+        stage(to_table([{"id": "a", "prompt": "Describe."}]))

@@ -110,3 +110,11 @@ def test_atomic_writes_leave_no_temp_files(tmp_path):
     assert list_parquet(f"{tmp_path}/rows") == [f"{tmp_path}/rows/part-x.parquet"]
     assert read_parquet_dir(f"{tmp_path}/rows", instruction_stats_schema(STAGE_NAMES)).num_rows == 1
     assert read_parquet_dir(f"{tmp_path}/none", instruction_stats_schema(STAGE_NAMES)).num_rows == 0
+
+
+def test_rejects_keep_an_excerpt_of_a_long_prompt():
+    long = "word " * 1000
+    (row,) = reject_rows([{"id": "x", "prompt": long, "reject_stage": "validate", "reject_reason": "prompt_too_long",
+                           "reject_detail": "too long"}], iteration=0).to_pylist()
+    assert row["prompt"].startswith("word word") and row["prompt"].endswith("(5000 chars)")
+    assert len(row["prompt"]) < 250

@@ -11,8 +11,10 @@ from typing import Any, Callable, ClassVar, Mapping
 import pyarrow as pa
 from PIL import Image
 
-from engine.flight import is_live, timed, to_rows, to_table
+from engine.flight import divert, is_live, timed, to_rows, to_table
 from engine.metrics import StageMetrics
+
+MAX_ERROR_CHARS = 500
 
 # A not-yet-loaded backend; called once inside the stage's actor (engine.backends.BackendFactory,
 # or any zero-argument callable, e.g. a test's fake).
@@ -72,12 +74,43 @@ class ModelStage:
         self.metrics.add(rows_in=len(live))
         with timed(rows, self.name):
             if live:
-                self.process(live)
-        self.metrics.add(rows_out=sum(is_live(row) for row in live))
+                self.process_guarded(live)
+        n_out = sum(is_live(row) for row in live)
+        self.metrics.add(rows_out=n_out, rejects=len(live) - n_out)
         return to_table(rows)
+
+    def process_guarded(self, rows: list[dict]) -> None:
+        """process(rows), and when it raises on a row-level problem (a prompt the processor
+        refuses, one over the model's context...), the same on each half of the batch, down to
+        the single rows it fails on, which are diverted with the error: one bad row never
+        ends the pass. Out-of-memory and interrupts stay fatal."""
+        snapshot = [dict(row) for row in rows]
+        try:
+            self.process(rows)
+            return
+        except Exception as exc:  # noqa: BLE001 - any error but the fatal ones is the rows' to carry
+            if is_fatal(exc):
+                raise
+            error = exc
+        for row, before in zip(rows, snapshot):  # undo what the failed call wrote
+            row.clear()
+            row.update(before)
+        if len(rows) == 1:
+            message = " ".join(f"{type(error).__name__}: {error}".split())
+            divert(rows[0], self.name, "backend_error", message[:MAX_ERROR_CHARS])
+            return
+        middle = len(rows) // 2
+        self.process_guarded(rows[:middle])
+        self.process_guarded(rows[middle:])
 
     def process(self, rows: list[dict]) -> None:
         raise NotImplementedError
+
+
+def is_fatal(exc: Exception) -> bool:
+    """Out of memory (host or accelerator): no smaller batch would fix the model, so the pass
+    stops, named in one line by the job."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
 
 
 def row_image(row: dict) -> Image.Image | None:
