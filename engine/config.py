@@ -13,9 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and key."""
+from engine.errors import ConfigError
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):

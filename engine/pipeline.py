@@ -29,8 +29,7 @@ from engine.writer import IterationSink, finalize_pairs
 GENERATION_MANIFEST = "generation.json"
 
 
-class InputError(ValueError):
-    """The instruction input cannot be read at all (as opposed to a bad row, which is diverted)."""
+from engine.errors import InputError  # noqa: E402  (re-exported: engine.pipeline.InputError)
 
 
 def input_format(path: str, declared: str) -> str:
