@@ -17,7 +17,8 @@ import yaml
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from engine.config import Resources, load_config
+from engine.config import Resources, actor_gpus, load_config
+from engine.config_check import STAGE_MODELS
 from engine.metrics import COUNTERS, TRAIN_COUNTERS, TRAIN_GAUGES, prometheus_name, prometheus_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,14 +117,14 @@ def test_a100_config_loads_with_real_models_on_a100_gpus():
         resources = getattr(cfg, stage).resources
         assert resources.accelerator_type == "A100" and resources.num_gpus > 0, stage
     assert any(getattr(cfg, stage).resources.num_gpus < 1 for stage in MODEL_STAGES), "no fractional GPU share"
-    # vLLM's tensor-parallel workers use the GPUs Ray gives the score actor.
-    assert cfg.score.resources.num_gpus == cfg.models.labeler.tensor_parallel_size
+    # vLLM's tensor-parallel workers use the GPUs Ray gives the score actor: one per rank.
+    assert actor_gpus(cfg.score.resources, cfg.models.labeler) == cfg.models.labeler.tensor_parallel_size == 2
     t = cfg.train
     assert (t.num_workers, t.use_gpu, t.zero_stage, t.precision, t.accelerator_type) == (8, True, 3, "bf16", "A100")
 
 
-def _fits(resources: Resources, node: dict) -> bool:
-    return (math.ceil(resources.num_gpus) <= node.get("GPU", 0) and resources.num_cpus <= node.get("CPU", 0)
+def _fits(resources: Resources, node: dict, gpus: float) -> bool:
+    return (math.ceil(gpus) <= node.get("GPU", 0) and resources.num_cpus <= node.get("CPU", 0)
             and node.get(f"accelerator_type:{resources.accelerator_type}", 0) > 0)
 
 
@@ -136,11 +137,12 @@ def test_a100_config_requests_fit_the_gpu_node_types(source):
     cfg = load_config(A100_CONFIG)
     for stage in MODEL_STAGES:
         resources = getattr(cfg, stage).resources
-        assert any(_fits(resources, node) for node in nodes), (source, stage)
+        gpus = actor_gpus(resources, getattr(cfg.models, STAGE_MODELS[stage]))
+        assert any(_fits(resources, node, gpus) for node in nodes), (source, stage)
     t = cfg.train
     worker = Resources(num_cpus=t.cpus_per_worker, num_gpus=1, accelerator_type=t.accelerator_type)
     capacity = sum(t_["max_workers"] * min(t_["resources"]["GPU"], t_["resources"]["CPU"] // t.cpus_per_worker)
-                   for t_ in _gpu_types(node_types).values() if _fits(worker, t_["resources"]))
+                   for t_ in _gpu_types(node_types).values() if _fits(worker, t_["resources"], worker.num_gpus))
     assert capacity >= t.num_workers, source
 
 
