@@ -21,7 +21,8 @@ from typing import Sequence
 import msgspec
 import pyarrow as pa
 
-from engine.config import Config, ConfigError, ModelConfig
+from engine.config import Config, ModelConfig
+from engine.errors import PreflightError
 
 MANIFEST = "bon.json"
 
@@ -162,9 +163,7 @@ def run_bon(cfg: Config, out_dir: str) -> tuple[dict, pa.Table]:
     from engine.writer import reject_rows, shard_key
 
     if exists(join(out_dir, MANIFEST)) or list_parquet(join(out_dir, "candidates")):
-        raise FileExistsError(f"{out_dir} already holds Best-of-N output; choose another output directory")
-    if cfg.bon.n < 1:
-        raise ConfigError(f"bon.n must be >= 1, got {cfg.bon.n}")
+        raise PreflightError(f"{out_dir} already holds Best-of-N output; choose another output directory")
     start = time.perf_counter()
     policy, reference = bon_models(cfg)
     ds = read_instructions(cfg)
