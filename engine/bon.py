@@ -12,7 +12,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import msgspec
 import pyarrow as pa
+
+from engine.config import Config, ModelConfig
 
 BON_CANDIDATE_SCHEMA = pa.schema(
     [
@@ -108,3 +111,15 @@ def format_bon(summary: dict, candidates: pa.Table, max_rows: int = 10) -> str:
                      f"{row['n_tokens']:>5}  {text}")
     lines += [f"  {key:<28} {value}" for key, value in summary.items()]
     return "\n".join(lines)
+
+
+def bon_models(cfg: Config) -> dict[str, ModelConfig]:
+    """policy and reference: bon.policy / bon.reference paths, "" meaning models.policy, each
+    run with models.policy's backend settings. Two distinct models share one actor, so each
+    gets half of gpu_memory_utilization (a per-engine budget in vLLM)."""
+    base = cfg.models.policy
+    policy_path, reference_path = cfg.bon.policy or base.path, cfg.bon.reference or base.path
+    if policy_path != reference_path:
+        base = msgspec.structs.replace(base, gpu_memory_utilization=base.gpu_memory_utilization / 2)
+    return {"policy": msgspec.structs.replace(base, path=policy_path),
+            "reference": msgspec.structs.replace(base, path=reference_path)}

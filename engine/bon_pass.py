@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 import pyarrow as pa
 
-from engine.bon import BON_CANDIDATE_SCHEMA, candidate_table, summarize_bon
-from engine.config import Config, ModelConfig
+from engine.bon import BON_CANDIDATE_SCHEMA, bon_models, candidate_table, summarize_bon
+from engine.config import Config
+from engine.errors import PreflightError
 from engine.pipeline import map_stages, run_context, validated_instructions
 from engine.stages.base import StageSpec
 from engine.stages.bon import BonStage
@@ -26,24 +26,12 @@ MANIFEST = "bon.json"
 BON_STAGES = (StageSpec("bon", BonStage, models=("policy", "reference"), section="bon"),)
 
 
-def bon_models(cfg: Config) -> dict[str, ModelConfig]:
-    """policy and reference: bon.policy / bon.reference paths, "" meaning models.policy, each
-    run with models.policy's backend settings. Two distinct models share one actor, so each
-    gets half of gpu_memory_utilization (a per-engine budget in vLLM)."""
-    base = cfg.models.policy
-    policy_path, reference_path = cfg.bon.policy or base.path, cfg.bon.reference or base.path
-    if policy_path != reference_path:
-        base = msgspec.structs.replace(base, gpu_memory_utilization=base.gpu_memory_utilization / 2)
-    return {"policy": msgspec.structs.replace(base, path=policy_path),
-            "reference": msgspec.structs.replace(base, path=reference_path)}
-
-
 def run_bon(cfg: Config, out_dir: str) -> tuple[dict, pa.Table]:
     """Best-of-N over cfg.input, writing candidates and rejects per batch as they stream in
     and the summary last. Returns the summary and every candidate. out_dir must hold no
     earlier Best-of-N output: files of another run would mix with this one's."""
     if exists(join(out_dir, MANIFEST)) or list_parquet(join(out_dir, "candidates")):
-        raise FileExistsError(f"{out_dir} already holds Best-of-N output; choose another output directory")
+        raise PreflightError(f"{out_dir} already holds Best-of-N output; choose another output directory")
     start = time.perf_counter()
     models = bon_models(cfg)
     policy_id, reference_id = models["policy"].path, models["reference"].path

@@ -7,7 +7,8 @@ import importlib.util
 
 import click
 
-from engine.config import ConfigError, config_to_toml, load_config
+from engine.config import config_to_toml, load_config
+from engine.errors import EngineError
 
 # Shared by every job: the config file and its --set overrides.
 config_option = click.option(
@@ -27,12 +28,22 @@ set_option = click.option(
 )
 
 
-def load_or_exit(config_path: str | None, overrides: tuple[str, ...]):
-    """Load the config or stop with the config error as the only message (no traceback)."""
-    try:
-        return load_config(config_path, overrides)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+class OneLineError(click.ClickException):
+    """Shown as the single line `error: <message>` on stderr; the command exits with status 1."""
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class Job(click.Command):
+    """A command (every job, `config show`) that reports an EngineError as one line, without a
+    traceback: what went wrong is the user's to fix, not a bug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EngineError as exc:
+            raise OneLineError(str(exc)) from None
 
 
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
@@ -64,12 +75,12 @@ def config() -> None:
     """Inspect run configs."""
 
 
-@config.command("show")
+@config.command("show", cls=Job)
 @config_option
 @set_option
 def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
     """Print the complete config (every key, defaults filled in) after overrides."""
-    click.echo(config_to_toml(load_or_exit(config_path, overrides)), nl=False)
+    click.echo(config_to_toml(load_config(config_path, overrides)), nl=False)
 
 
 @main.group()

@@ -1,21 +1,33 @@
 """The run configuration: msgspec Structs loaded strictly from TOML.
 
-Every default of ../shared/ALGORITHMS.md lives here as a field, not as a constant in code.
-Decoding is strict: an unknown (misspelt) key or a wrong type is an error naming the key and
-the file. Nothing in a config is ever executed.
+Every default of docs/algorithms.md lives here as a field, not as a constant in code.
+Decoding is strict: an unknown (misspelt) key, a wrong type or a value outside the range its
+field's annotation allows is an error naming the key and the file. Nothing in a config is ever
+executed. Rules that tie fields together are engine.config_check's.
 """
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
+from engine.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and key."""
+# The ranges of numeric fields. A value outside its field's range fails decoding with the key,
+# the value and the range (see _readable).
+AtLeast1 = Annotated[int, Meta(ge=1)]
+Count = Annotated[int, Meta(ge=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Positive = Annotated[float, Meta(gt=0)]
+Fraction = Annotated[float, Meta(ge=0, le=1)]
+Share = Annotated[float, Meta(gt=0, le=1)]
+# Sampling temperature: 0 is greedy decoding.
+Temperature = Annotated[float, Meta(ge=0)]
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=True):
@@ -27,22 +39,17 @@ class ModelConfig(_Strict):
     a random-weight model built offline on demand (see engine.tiny_models)."""
 
     path: str
+    # A name of engine.backends.BACKENDS. "toy-grammar" is the toy world's rule-based
+    # splitter: it loads no weights, its path is a label.
     backend: Literal["hf", "vllm", "toy-grammar"] = "hf"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_model_len: int = 2048
+    max_model_len: AtLeast1 = 2048
     # hf only: rows per forward when scoring yes/no questions and log-probs (bounds the
     # memory of the expanded image-prefix caches).
-    batch_size: int = 16
+    batch_size: AtLeast1 = 16
     # vLLM only: share of GPU memory for weights + KV cache, and tensor parallel degree.
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-
-
-def actor_gpus(resources: "Resources", model_cfg: ModelConfig) -> float:
-    """GPUs one actor of a stage asks for: resources.num_gpus is per tensor-parallel rank."""
-    if model_cfg.backend == "vllm":
-        return resources.num_gpus * model_cfg.tensor_parallel_size
-    return resources.num_gpus
+    gpu_memory_utilization: Share = 0.85
+    tensor_parallel_size: AtLeast1 = 1
 
 
 class ModelsConfig(_Strict):
@@ -59,19 +66,21 @@ class ModelsConfig(_Strict):
 class Resources(_Strict):
     """The actor pool of one stage. Ray autoscales it between min and max actors."""
 
-    min_actors: int = 1
-    max_actors: int = 1
-    num_cpus: float = 1.0
-    num_gpus: float = 0.0
+    min_actors: AtLeast1 = 1
+    max_actors: AtLeast1 = 1
+    num_cpus: NonNegative = 1.0
+    # Per actor, or per tensor-parallel rank of a vllm model (see actor_gpus).
+    num_gpus: NonNegative = 0.0
     # Ray accelerator type (e.g. "A100"): schedules the stage only on such nodes.
     accelerator_type: str | None = None
-    batch_size: int = 8
+    batch_size: AtLeast1 = 8
 
 
 class RunConfig(_Strict):
     name: str = "smoke"
-    seed: int = 0
-    iterations: int = 2
+    # numpy's seed range: training seeds numpy with it.
+    seed: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
+    iterations: AtLeast1 = 2
     # Local path or fsspec URL; the run lives in <output_dir>/<name>/.
     output_dir: str = "runs"
 
@@ -82,47 +91,49 @@ class InputConfig(_Strict):
     path: str = "data/smoke/instructions.parquet"
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     # Read at most this many rows (0 = all).
-    limit: int = 0
+    limit: Count = 0
 
 
 class RayConfig(_Strict):
     # "" joins the cluster named by RAY_ADDRESS (as under `ray job submit`) or starts a local one.
     address: str = ""
     # Caps for a local cluster only; a joined cluster keeps its own resources.
-    num_cpus: int = 0
-    object_store_mb: int = 512
+    num_cpus: Count = 0
+    # Ray refuses an object store under 75 MiB.
+    object_store_mb: Annotated[int, Meta(ge=75)] = 512
 
 
 class ValidateConfig(_Strict):
-    max_image_bytes: int = 20 * 2**20
-    max_image_pixels: int = 40_000_000
-    max_prompt_chars: int = 4000
+    max_image_bytes: AtLeast1 = 20 * 2**20
+    max_image_pixels: AtLeast1 = 40_000_000
+    max_prompt_chars: AtLeast1 = 4000
 
 
 class SampleConfig(_Strict):
     """Deconfounded sampling (ALGORITHMS.md 1): n answers, same decoding, different seeds."""
 
-    n: int = 10
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    # Fewer than 2 answers cannot make a pair.
+    n: Annotated[int, Meta(ge=2)] = 10
+    temperature: Temperature = 0.7
+    top_p: Share = 1.0
+    max_new_tokens: AtLeast1 = 512
     # Ablation "without deconfounding": answer j is decoded at confounded_temperatures[j % len]
     # instead of `temperature`, so a pair's answers also differ in decoding settings (style).
     # Empty (the method): every answer of an instruction is decoded alike.
-    confounded_temperatures: list[float] = []
+    confounded_temperatures: list[Temperature] = []
     resources: Resources = Resources()
 
 
 class SplitConfig(_Strict):
     """Divide (ALGORITHMS.md 2): answer -> atomic claims -> yes/no questions."""
 
-    temperature: float = 0.2
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    max_claims: int = 16
-    max_claim_chars: int = 200
+    temperature: Temperature = 0.2
+    top_p: Share = 0.9
+    max_new_tokens: AtLeast1 = 256
+    max_claims: AtLeast1 = 16
+    max_claim_chars: AtLeast1 = 200
     # Unparseable splitter output is retried this many times, then diverted to rejects/.
-    max_retries: int = 2
+    max_retries: Count = 2
     # An answer with no claim is diverted as `no_claims`: neither scored nor paired (the
     # released code asks no question about it). true is an ablation only: it then scores 0,
     # the best score there is, so a vacuous answer beats every answer with one rejected claim.
@@ -144,10 +155,10 @@ class ScoreConfig(_Strict):
 class PairConfig(_Strict):
     """Combine (ALGORITHMS.md 4) plus the policy's reference log-probs of each pair."""
 
-    min_score_gap: int = 1
-    pairs_per_instruction: int = 2
+    min_score_gap: AtLeast1 = 1
+    pairs_per_instruction: AtLeast1 = 2
     length_balance: bool = True
-    balance_ratio_step: float = 0.02
+    balance_ratio_step: Annotated[float, Meta(gt=0, lt=1)] = 0.02
     resources: Resources = Resources()
 
 
@@ -155,30 +166,32 @@ class TrainConfig(_Strict):
     """DPO / DDPO (ALGORITHMS.md 5-6) run by Ray Train over DeepSpeed."""
 
     loss: Literal["dpo", "ddpo"] = "dpo"
-    beta: float = 0.1
-    gamma: float = 5.0
+    beta: Positive = 0.1
+    # DDPO's weight of changed tokens; 1 weighs them as the rest (DPO).
+    gamma: Annotated[float, Meta(ge=1)] = 5.0
     # Weight of an SFT term on the chosen answers (their mean token negative log-likelihood,
     # TRL's "sft" loss type; RPO, Pang et al. 2024) added to the DPO loss. 0 is the reference
     # method. It keeps the chosen answers likely while DPO widens the margin, which otherwise
     # lowers both and moves probability onto text neither answer contains.
-    sft_weight: float = 0.0
-    learning_rate: float = 5e-7
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.05
-    epochs: int = 1
-    micro_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    max_length: int = 2048
+    sft_weight: NonNegative = 0.0
+    learning_rate: Positive = 5e-7
+    weight_decay: NonNegative = 0.01
+    warmup_ratio: Fraction = 0.05
+    epochs: AtLeast1 = 1
+    micro_batch_size: AtLeast1 = 1
+    gradient_accumulation_steps: AtLeast1 = 1
+    # 0 turns gradient clipping off (DeepSpeed's gradient_clipping).
+    max_grad_norm: NonNegative = 1.0
+    max_length: AtLeast1 = 2048
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Literal["bf16", "fp32"] = "bf16"
     gradient_checkpointing: bool = True
-    num_workers: int = 1
+    num_workers: AtLeast1 = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: NonNegative = 1.0
     accelerator_type: str | None = None
     # Save a DeepSpeed checkpoint every this many optimizer steps (0 = only at the end).
-    checkpoint_every_steps: int = 0
+    checkpoint_every_steps: Count = 0
 
 
 class BonConfig(_Strict):
@@ -189,13 +202,13 @@ class BonConfig(_Strict):
     # backend settings. With both "", every reward is 0 and the first sample wins.
     policy: str = ""
     reference: str = ""
-    n: int = 16
-    beta: float = 0.1
+    n: AtLeast1 = 16
+    beta: Positive = 0.1
     # false ranks by beta * (log-ratio) without 1/T, which favours short answers (comparison).
     length_normalise: bool = True
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 512
+    temperature: Temperature = 0.7
+    top_p: Share = 1.0
+    max_new_tokens: AtLeast1 = 512
     resources: Resources = Resources()
 
 
@@ -208,14 +221,13 @@ class EvalConfig(_Strict):
     heldout_path: str = "data/smoke/heldout.parquet"
     format: Literal["auto", "jsonl", "parquet"] = "auto"
     # Evaluate at most this many rows (0 = all).
-    limit: int = 0
+    limit: Count = 0
     prompt: str = "Describe the image in detail."
-    # 0 is greedy decoding.
-    temperature: float = 0.0
-    max_new_tokens: int = 512
+    temperature: Temperature = 0.0
+    max_new_tokens: AtLeast1 = 512
     # Yes/no probes per image: half (rounded up) on listed objects, as many as the image has,
     # the rest on objects it lacks. {object} becomes the name with its article ("an apple").
-    probes_per_image: int = 4
+    probes_per_image: Count = 4
     probe_question: str = "Is there {object} in the image? Please answer yes or no."
     # Groups of data/vocab/objects.json ("scenes", "coco"); empty: the groups that name the
     # held-out set's objects.
@@ -236,6 +248,14 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     bon: BonConfig = BonConfig()
     eval: EvalConfig = EvalConfig()
+
+
+def actor_gpus(resources: Resources, model_cfg: ModelConfig) -> float:
+    """GPUs one actor of a stage asks Ray for. A vllm model's num_gpus is per tensor-parallel
+    rank: its actor holds every rank's GPU, as vLLM's worker processes run on the actor's GPUs."""
+    if model_cfg.backend == "vllm":
+        return resources.num_gpus * model_cfg.tensor_parallel_size
+    return resources.num_gpus
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -266,12 +286,40 @@ def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     try:
         return msgspec.convert(data, Config, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {_readable(str(exc))}") from None
+        raise ConfigError(f"{source}: {_readable(str(exc), data)}") from None
 
 
-def _readable(message: str) -> str:
-    # msgspec says `$.sample.n`; users write sample.n.
-    return message.replace("`$.", "`").replace("`$`", "the top level")
+# msgspec's message for a number outside its field's Meta range, e.g.
+# "Expected `int` >= 2 - at `$.sample.n`" or "... - at `$.sample.confounded_temperatures[1]`".
+_OUT_OF_RANGE = re.compile(r"Expected `(?:int|float)` [<>]=? \S+ - at `\$\.(?P<key>[^`]+)`")
+_KEY_STEP = re.compile(r"(\w+)|\[(\d+)\]")
+
+
+def _readable(message: str, data: dict) -> str:
+    """msgspec's message in the user's terms: the dotted key users write (sample.n, not
+    $.sample.n) and, for a number out of range, its value and the whole range, which msgspec's
+    message (only the bound it broke) lacks."""
+    match = _OUT_OF_RANGE.fullmatch(message)
+    if match is None:
+        return message.replace("`$.", "`").replace("`$`", "the top level")
+    value, field = data, msgspec.inspect.type_info(Config)
+    for name, index in _KEY_STEP.findall(match["key"]):
+        if index:
+            value, field = value[int(index)], field.item_type
+        else:
+            value, field = value[name], next(f.type for f in field.fields if f.name == name)
+    return f"{match['key']} = {value!r} is out of range: must be {_range(field)}"
+
+
+def _range(field: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
+    """The range a numeric field's Meta allows: `>= 2`, `> 0`, `in (0, 1]`."""
+    low = ("[", field.ge) if field.ge is not None else ("(", field.gt)
+    high = (field.le, "]") if field.le is not None else (field.lt, ")")
+    if low[1] is not None and high[0] is not None:
+        return f"in {low[0]}{low[1]}, {high[0]}{high[1]}"
+    if low[1] is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]}"
+    return f"{'<=' if high[1] == ']' else '<'} {high[0]}"
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -24,9 +24,11 @@ import msgspec
 import pyarrow as pa
 
 from engine import hallucination as hal
-from engine.config import Config, ConfigError, EvalConfig, ModelConfig, Resources
+from engine.config import Config, EvalConfig, ModelConfig, Resources, actor_gpus
+from engine.config_check import check_eval
+from engine.errors import InputError
+from engine.inputs import check_input
 from engine.instruction_io import read_instruction_table
-from engine.inputs import InputError, check_input
 from engine.seeds import derive_seed
 from engine.stages.validate import check_row
 from engine.storage import join, write_json_atomic, write_parquet_atomic
@@ -153,28 +155,12 @@ def score_rows(rows: list[dict], vocab: hal.Vocabulary) -> dict:
     }
 
 
-def check_eval_config(eval_cfg: EvalConfig) -> None:
-    """Fail on settings no row could survive, before anything is read or loaded."""
-    template = eval_cfg.probe_question
-    try:
-        usable = "{object}" in template and bool(template.format(object="x"))
-    except (KeyError, IndexError, ValueError):  # another placeholder, or a stray brace
-        usable = False
-    if not usable:
-        raise ConfigError(f"eval.probe_question {template!r} must hold {{object}} and no other placeholder")
-    if eval_cfg.probes_per_image < 0:
-        raise ConfigError(f"eval.probes_per_image must be >= 0, got {eval_cfg.probes_per_image}")
-    unknown = sorted(set(eval_cfg.vocabulary) - set(hal.vocabulary_groups()))
-    if unknown:
-        raise ConfigError(f"eval.vocabulary names unknown group(s) {unknown}; known: {list(hal.vocabulary_groups())}")
-
-
 def evaluate_policy(cfg: Config, model_path: str, out_dir: str | None = None) -> dict:
     """Evaluate the model at `model_path` (a directory or tiny:<name>, run with
     models.policy's backend settings) on cfg.eval's held-out set; write rows.parquet and
     metrics.json (last) to out_dir if given; return the metrics."""
     start = time.perf_counter()
-    check_eval_config(cfg.eval)
+    check_eval(cfg.eval)
     rows = load_heldout(cfg)
     live = [row for row in rows if row.get("reject_reason") is None]
     groups = cfg.eval.vocabulary or hal.groups_for(row["objects"] for row in live)
@@ -187,7 +173,8 @@ def evaluate_policy(cfg: Config, model_path: str, out_dir: str | None = None) ->
                  "questions": [cfg.eval.probe_question.format(object=hal.with_article(name))
                                for name in row["probe_objects"]]}
                 for row in live]
-        for row, result in zip(live, placed(cfg.eval.resources, model_pass, model_cfg, cfg.models.cache_dir,
+        resources = msgspec.structs.replace(cfg.eval.resources, num_gpus=actor_gpus(cfg.eval.resources, model_cfg))
+        for row, result in zip(live, placed(resources, model_pass, model_cfg, cfg.models.cache_dir,
                                             cfg.eval, cfg.run.seed, work)):
             row.update(result)
     metrics = {

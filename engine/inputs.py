@@ -6,13 +6,10 @@ from __future__ import annotations
 import pyarrow as pa
 
 from engine.config import InputConfig
+from engine.errors import InputError
 from engine.instruction_io import instruction_format, normalise_instructions, parse_jsonl
 from engine.schemas import INSTRUCTION_SCHEMA
 from engine.storage import exists, filesystem
-
-
-class InputError(ValueError):
-    """The instruction input cannot be read at all (as opposed to a bad row, which is diverted)."""
 
 
 def check_input(path: str, declared_format: str = "auto") -> None:

@@ -31,7 +31,7 @@ from engine.stages.split import SplitStage
 from engine.stages.validate import validate_batch
 from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
-from engine.writer import IterationSink, finalize_pairs
+from engine.writer import finalize_pairs
 
 GENERATION_MANIFEST = "generation.json"
 
@@ -138,6 +138,8 @@ def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfi
     start = time.perf_counter()
     done = done_instruction_ids(out_dir, stages)
     ds = plan_generation(cfg, iteration, policy, done, stages)
+    from engine.sink import IterationSink
+
     ds.write_datasink(IterationSink(out_dir, iteration, policy.path, names))
     balance = finalize_pairs(out_dir, cfg.pair)
     summary = summarize_generation(

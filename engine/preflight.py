@@ -1,41 +1,65 @@
-"""Checks that run before any model loads, so a bad path fails in seconds with its name."""
+"""Checks that run before Ray starts or any model loads, so a bad setting or path fails in
+seconds with the key that set it. Every job runs `preflight` first."""
 
 from __future__ import annotations
 
 import os
 import re
+from typing import Mapping
+
+import msgspec
 
 from engine.backends import WEIGHT_BACKENDS
-from engine.config import Config
-from engine.inputs import check_input
+from engine.config import Config, ModelConfig
+from engine.config_check import check_config
+from engine.errors import PreflightError
 from engine.storage import exists
 
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+GENERATION_ROLES = ("policy", "labeler", "splitter")
 
 
-class PreflightError(ValueError):
-    pass
+def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
+              models: Mapping[str, ModelConfig] | None = None) -> None:
+    """check_config, then every input and model path the job reads, each keyed by the config key
+    or option that set it. The defaults are those of a run of iterations: input.path (and
+    eval.heldout_path when iterations are evaluated) and the three models."""
+    check_config(cfg)
+    if inputs is None:
+        inputs = {"input.path": cfg.input.path}
+        if cfg.eval.enabled:
+            inputs["eval.heldout_path"] = cfg.eval.heldout_path
+    if models is None:
+        models = {f"models.{role}.path": getattr(cfg.models, role) for role in GENERATION_ROLES}
+    for key, path in inputs.items():
+        if not _exists(key, path):
+            raise PreflightError(f"{key} {path!r} does not exist")
+    for key, model in models.items():
+        check_model_path(key, model)
 
 
-def check_model_path(role: str, path: str) -> None:
-    """A model path must be a tiny: model, a toy: splitter, an existing local/fsspec directory,
-    or (when the hub is allowed) a hub id such as `llava-hf/llava-1.5-7b-hf`."""
-    if path.startswith("tiny:"):
+def policy_at(cfg: Config, option: str, path: str | None) -> dict[str, ModelConfig]:
+    """{key: model} for a job whose `option` (e.g. --init) may replace models.policy.path; the
+    model keeps models.policy's backend settings."""
+    if path is None:
+        return {"models.policy.path": cfg.models.policy}
+    return {option: msgspec.structs.replace(cfg.models.policy, path=path)}
+
+
+def check_model_path(key: str, model: ModelConfig) -> None:
+    """A model path that weights load from must be a tiny: model, an existing local/fsspec
+    directory, or (when the hub is allowed) a hub id such as `llava-hf/llava-1.5-7b-hf`."""
+    path = model.path
+    if model.backend not in WEIGHT_BACKENDS or path.startswith("tiny:") or _exists(key, path):
         return
-    try:
-        if exists(path):
-            return
-    except Exception as exc:
-        raise PreflightError(f"models.{role}.path {path!r} is not reachable: {exc}") from None
     hub_allowed = os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false")
     if _HUB_ID.match(path) and hub_allowed and not path.startswith((".", "/")):
         return
-    raise PreflightError(f"models.{role}.path {path!r} does not exist" + ("" if hub_allowed else " (hub access is off)"))
+    raise PreflightError(f"{key} {path!r} does not exist" + ("" if hub_allowed else " (hub access is off)"))
 
 
-def preflight(cfg: Config) -> None:
-    check_input(cfg.input.path)
-    for role in ("policy", "labeler", "splitter"):
-        model = getattr(cfg.models, role)
-        if model.backend in WEIGHT_BACKENDS:
-            check_model_path(role, model.path)
+def _exists(key: str, path: str) -> bool:
+    try:
+        return exists(path)
+    except Exception as exc:  # an unknown protocol, missing credentials, a network error
+        raise PreflightError(f"{key} {path!r} is not reachable: {type(exc).__name__}: {exc}") from None

@@ -13,6 +13,7 @@ anywhere leaves either a complete stage or one that is redone.
 from __future__ import annotations
 
 from engine.config import Config, config_to_dict
+from engine.errors import EngineError
 from engine.storage import exists, filesystem, join, read_json, write_json_atomic
 
 RUN_MANIFEST = "run.json"
@@ -22,7 +23,7 @@ SUMMARY = "summary.json"
 _FREE_KEYS = ("run.iterations", "ray.")
 
 
-class ConfigChanged(ValueError):
+class ConfigChanged(EngineError):
     """The config differs from the one a run was started with; the message names the keys."""
 
 

@@ -12,11 +12,9 @@ Layout of one iteration's generation output (any fsspec URL):
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import pyarrow as pa
-from ray.data.block import Block, BlockAccessor
-from ray.data.datasource import Datasink
 
 from engine.config import PairConfig
 from engine.pairing import accepts, length_balance, word_count
@@ -105,27 +103,6 @@ def stats_rows(rows: list[dict], stages: Sequence[str]) -> pa.Table:
 
 def shard_key(instruction_ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(instruction_ids)).encode(), digest_size=10).hexdigest()
-
-
-class IterationSink(Datasink[int]):
-    """Writes each block's candidates, rejects and stats, stats last (see module docstring)."""
-
-    def __init__(self, out_dir: str, iteration: int, policy_id: str, stages: Sequence[str]):
-        self.out_dir = out_dir
-        self.iteration = iteration
-        self.policy_id = policy_id
-        self.stages = tuple(stages)
-
-    def write(self, blocks: Iterable[Block], ctx) -> int:
-        tables = [BlockAccessor.for_block(block).to_arrow() for block in blocks]
-        rows = [row for table in tables for row in table.to_pylist()]
-        if not rows:
-            return 0
-        name = f"part-{shard_key([row['id'] for row in rows])}.parquet"
-        write_parquet_atomic(pair_rows(rows, self.iteration, self.policy_id), join(self.out_dir, "candidates", name))
-        write_parquet_atomic(reject_rows(rows, self.iteration), join(self.out_dir, "rejects", name))
-        write_parquet_atomic(stats_rows(rows, self.stages), join(self.out_dir, "rows", name))
-        return len(rows)
 
 
 def _first_of_each_pair_id(sorted_pairs: pa.Table) -> pa.Table:

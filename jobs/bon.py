@@ -7,10 +7,12 @@ import json
 
 import click
 
-from engine.cli import config_option, load_or_exit, set_option
+from engine.cli import Job, config_option, set_option
+from engine.config import load_config
+from engine.preflight import preflight
 
 
-@click.command("bon")
+@click.command("bon", cls=Job)
 @config_option
 @set_option
 @click.option("--policy", default=None, help="Trained policy: model directory or tiny:<name> (default: bon.policy, "
@@ -28,20 +30,20 @@ def main(config_path, overrides, policy, reference, input_path, out_dir, no_leng
     shorthands = {"bon.policy": policy, "bon.reference": reference, "input.path": input_path}
     extra = [f"{key}={json.dumps(value)}" for key, value in shorthands.items() if value is not None]
     extra += ["bon.length_normalise=false"] if no_length_normalise else []
-    cfg = load_or_exit(config_path, (*overrides, *extra))
-    from engine.bon import format_bon
+    cfg = load_config(config_path, (*overrides, *extra))
+    from engine.bon import bon_models, format_bon
+
+    roles = bon_models(cfg)
+    models = {"bon.policy" if cfg.bon.policy else "models.policy.path": roles["policy"],
+              "bon.reference" if cfg.bon.reference else "models.policy.path": roles["reference"]}
+    preflight(cfg, inputs={"input.path": cfg.input.path}, models=models)  # before Ray starts or any model loads
     from engine.bon_pass import run_bon
-    from engine.config import ConfigError
-    from engine.inputs import InputError
     from engine.ray_runtime import init_ray
     from engine.storage import join
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "bon")
-    try:
-        init_ray(cfg.ray)
-        summary, candidates = run_bon(cfg, out_dir)
-    except (InputError, ConfigError, FileExistsError) as exc:
-        raise click.ClickException(str(exc)) from None
+    init_ray(cfg.ray)
+    summary, candidates = run_bon(cfg, out_dir)
     click.echo(format_bon(summary, candidates))
     click.echo(f"candidates written to {join(out_dir, 'candidates')}")
 

@@ -7,10 +7,12 @@ import json
 
 import click
 
-from engine.cli import config_option, load_or_exit, set_option
+from engine.cli import Job, config_option, set_option
+from engine.config import load_config
+from engine.preflight import policy_at, preflight
 
 
-@click.command("evaluate")
+@click.command("evaluate", cls=Job)
 @config_option
 @set_option
 @click.option("--model", "model_path", default=None,
@@ -24,19 +26,16 @@ def main(config_path, overrides, model_path, heldout, out_dir):
     CHAIR_i, coverage, length and probe accuracy/F1, and write rows.parquet and metrics.json.
     The model runs as a Ray task with eval.resources (on a cluster, where those resources are)."""
     extra = [f"eval.heldout_path={json.dumps(heldout)}"] if heldout else []
-    cfg = load_or_exit(config_path, (*overrides, *extra))
-    from engine.config import ConfigError
+    cfg = load_config(config_path, (*overrides, *extra))
+    # before Ray starts or any model loads
+    preflight(cfg, inputs={"eval.heldout_path": cfg.eval.heldout_path}, models=policy_at(cfg, "--model", model_path))
     from engine.evaluation import evaluate_policy
-    from engine.inputs import InputError
     from engine.ray_runtime import init_ray
     from engine.storage import join
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "eval")
-    try:
-        init_ray(cfg.ray)
-        metrics = evaluate_policy(cfg, model_path or cfg.models.policy.path, out_dir)
-    except (InputError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+    init_ray(cfg.ray)
+    metrics = evaluate_policy(cfg, model_path or cfg.models.policy.path, out_dir)
     click.echo("== evaluation ==")
     for key, value in metrics.items():
         click.echo(f"  {key:<24} {round(value, 4) if isinstance(value, float) else value}")

@@ -6,10 +6,12 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import config_option, load_or_exit, set_option
+from engine.cli import Job, config_option, set_option
+from engine.config import load_config
+from engine.preflight import preflight
 
 
-@click.command("generate")
+@click.command("generate", cls=Job)
 @config_option
 @set_option
 @click.option("--out", "out_dir", default=None,
@@ -18,21 +20,16 @@ from engine.cli import config_option, load_or_exit, set_option
 def main(config_path, overrides, out_dir, iteration):
     """Run one generation pass (validate, sample, split, score, pair, write) on Ray Data and
     print its summary. Re-running with the same --out resumes: finished instructions are skipped."""
-    cfg = load_or_exit(config_path, overrides)
-    from engine.config import ConfigError
-    from engine.inputs import InputError, check_input
+    cfg = load_config(config_path, overrides)
+    preflight(cfg, inputs={"input.path": cfg.input.path})  # before Ray starts or any model loads
     from engine.pipeline import generate_pairs
     from engine.ray_runtime import init_ray
     from engine.storage import join
     from engine.summary import format_summary
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "generate")
-    try:
-        check_input(cfg.input.path)  # before Ray starts
-        init_ray(cfg.ray)
-        summary = generate_pairs(cfg, iteration, out_dir)
-    except (InputError, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+    init_ray(cfg.ray)
+    summary = generate_pairs(cfg, iteration, out_dir)
     click.echo(format_summary(summary))
     click.echo(f"pairs written to {join(out_dir, 'pairs')}")
 

@@ -9,10 +9,12 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import config_option, load_or_exit, set_option
+from engine.cli import Job, config_option, set_option
+from engine.config import load_config
+from engine.preflight import preflight
 
 
-@click.command("iterate")
+@click.command("iterate", cls=Job)
 @config_option
 @set_option
 @click.option("--allow-config-change", is_flag=True,
@@ -21,20 +23,13 @@ from engine.cli import config_option, load_or_exit, set_option
 def main(config_path, overrides, allow_config_change):
     """Run or resume the iterations of configs' [run] section into <run.output_dir>/<run.name>/.
     Re-running the same command after a crash skips finished stages and redoes only the rest."""
-    cfg = load_or_exit(config_path, overrides)
-    from engine.config import ConfigError
+    cfg = load_config(config_path, overrides)
+    preflight(cfg)  # before Ray starts or any model loads
     from engine.iterate import run_iterations
-    from engine.inputs import InputError
-    from engine.preflight import PreflightError, preflight
     from engine.ray_runtime import init_ray
-    from engine.run_dir import ConfigChanged
 
-    try:
-        preflight(cfg)  # seconds, before Ray starts or any model loads
-        init_ray(cfg.ray)
-        run_iterations(cfg, allow_config_change, echo=click.echo)
-    except (InputError, PreflightError, ConfigChanged, ConfigError) as exc:
-        raise click.ClickException(str(exc)) from None
+    init_ray(cfg.ray)
+    run_iterations(cfg, allow_config_change, echo=click.echo)
 
 
 if __name__ == "__main__":

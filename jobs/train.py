@@ -10,7 +10,9 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import config_option, load_or_exit, set_option
+from engine.cli import Job, config_option, set_option
+from engine.config import load_config
+from engine.preflight import policy_at, preflight
 
 CORRECTION_ROLES = ("image", "question", "chosen", "rejected", "id")
 
@@ -26,7 +28,7 @@ def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
     return columns
 
 
-@click.command("train")
+@click.command("train", cls=Job)
 @config_option
 @set_option
 @click.option("--pairs", "pairs_dir", default=None,
@@ -51,23 +53,21 @@ def main(config_path, overrides, pairs_dir, corrections, columns, init_model, ou
     """Train with the [train] section of the config (loss dpo or ddpo, beta, gamma, learning rate,
     ZeRO stage, workers, ...) and print the per-step metrics. Re-running the same command
     resumes from the latest checkpoint; a finished run only prints its result."""
-    cfg = load_or_exit(config_path, overrides)
     if (pairs_dir is None) == (corrections is None):
         raise click.UsageError("give exactly one of --pairs and --corrections")
+    cfg = load_config(config_path, overrides)
+    inputs = {"--pairs": pairs_dir} if pairs_dir is not None else {"--corrections": corrections}
+    preflight(cfg, inputs, policy_at(cfg, "--init", init_model))  # seconds, before Ray starts or any model loads
     from engine.ray_runtime import init_ray
     from engine.storage import join
-    from train.data import PairDataError
     from train.trainer import train_dpo
 
     init_model = init_model or cfg.models.policy.path
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "train")
     init_ray(cfg.ray)
-    try:
-        if corrections is not None:
-            pairs_dir = _corrections_to_pairs(cfg, corrections, _column_map(columns), init_model, out_dir)
-        result = train_dpo(cfg, pairs_dir, init_model, out_dir, resume=not fresh, max_steps=max_steps)
-    except (PairDataError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc)) from None
+    if corrections is not None:
+        pairs_dir = _corrections_to_pairs(cfg, corrections, _column_map(columns), init_model, out_dir)
+    result = train_dpo(cfg, pairs_dir, init_model, out_dir, resume=not fresh, max_steps=max_steps)
     for metrics in result.history:
         click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))
     if result.model_dir is None:

@@ -39,4 +39,5 @@ def test_config_show_and_errors():
     shown = runner.invoke(main, ["config", "show", "--set", "sample.n=3"])
     assert shown.exit_code == 0 and "n = 3" in shown.output
     bad = runner.invoke(main, ["config", "show", "--set", "sample.tempature=1"])
-    assert bad.exit_code == 2 and "tempature" in bad.output and "Traceback" not in bad.output
+    assert bad.exit_code == 1 and bad.output.startswith("error: ") and "tempature" in bad.output
+    assert len(bad.output.strip().splitlines()) == 1

@@ -1,5 +1,6 @@
 """Config: strict decoding, overrides, round trips, and the shipped configs."""
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -95,3 +96,90 @@ def test_config_is_immutable():
     with pytest.raises(AttributeError):
         Config().sample.n = 3  # type: ignore[misc]
     assert isinstance(Config(), msgspec.Struct)
+
+
+@pytest.mark.parametrize("key, bad, allowed", [
+    ("sample.n", "1", ">= 2"),  # one answer makes no pair
+    ("sample.n", "0", ">= 2"),
+    ("sample.n", "-1", ">= 2"),
+    ("sample.temperature", "-1", ">= 0"),
+    ("sample.top_p", "0", "in (0, 1]"),
+    ("sample.top_p", "1.5", "in (0, 1]"),
+    ("sample.max_new_tokens", "0", ">= 1"),
+    ("split.temperature", "-0.5", ">= 0"),
+    ("split.top_p", "2", "in (0, 1]"),
+    ("split.max_claims", "0", ">= 1"),
+    ("split.max_claim_chars", "0", ">= 1"),
+    ("split.max_retries", "-1", ">= 0"),
+    ("pair.min_score_gap", "0", ">= 1"),
+    ("pair.pairs_per_instruction", "0", ">= 1"),
+    ("pair.balance_ratio_step", "0", "in (0, 1)"),
+    ("pair.balance_ratio_step", "1", "in (0, 1)"),
+    ("models.labeler.gpu_memory_utilization", "0", "in (0, 1]"),
+    ("models.labeler.gpu_memory_utilization", "1.1", "in (0, 1]"),
+    ("models.policy.tensor_parallel_size", "0", ">= 1"),
+    ("models.splitter.max_model_len", "0", ">= 1"),
+    ("sample.resources.min_actors", "0", ">= 1"),
+    ("score.resources.max_actors", "0", ">= 1"),
+    ("split.resources.num_cpus", "-1", ">= 0"),
+    ("pair.resources.num_gpus", "-0.5", ">= 0"),
+    ("bon.resources.batch_size", "0", ">= 1"),
+    ("eval.resources.batch_size", "-1", ">= 1"),
+    ("validate.max_image_bytes", "0", ">= 1"),
+    ("validate.max_image_pixels", "-1", ">= 1"),  # would divert every row
+    ("validate.max_prompt_chars", "0", ">= 1"),
+    ("train.learning_rate", "0", "> 0"),
+    ("train.beta", "0", "> 0"),
+    ("train.gamma", "0.5", ">= 1"),
+    ("train.sft_weight", "-1", ">= 0"),
+    ("train.weight_decay", "-0.01", ">= 0"),
+    ("train.warmup_ratio", "1.5", "in [0, 1]"),
+    ("train.epochs", "0", ">= 1"),
+    ("train.micro_batch_size", "0", ">= 1"),
+    ("train.gradient_accumulation_steps", "0", ">= 1"),
+    ("train.max_grad_norm", "-1", ">= 0"),
+    ("train.max_length", "0", ">= 1"),
+    ("train.num_workers", "0", ">= 1"),
+    ("train.cpus_per_worker", "-1", ">= 0"),
+    ("train.checkpoint_every_steps", "-1", ">= 0"),
+    ("bon.n", "0", ">= 1"),
+    ("bon.beta", "-0.1", "> 0"),
+    ("bon.temperature", "-1", ">= 0"),
+    ("bon.top_p", "0", "in (0, 1]"),
+    ("bon.max_new_tokens", "0", ">= 1"),
+    ("eval.temperature", "-1", ">= 0"),
+    ("eval.max_new_tokens", "0", ">= 1"),
+    ("eval.probes_per_image", "-1", ">= 0"),
+    ("eval.limit", "-1", ">= 0"),
+    ("input.limit", "-1", ">= 0"),
+    ("run.seed", "-1", "in [0, 4294967295]"),
+    ("run.iterations", "0", ">= 1"),
+    ("ray.num_cpus", "-2", ">= 0"),
+    ("ray.object_store_mb", "10", ">= 75"),
+])
+def test_out_of_range_value_names_key_value_and_range(key, bad, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "configs" / "smoke.toml", [f"{key}={bad}"])
+    assert f"{key} = {bad} is out of range: must be {allowed}" in str(err.value)
+
+
+def test_out_of_range_list_item_names_its_index():
+    message = "sample.confounded_temperatures[1] = -1 is out of range: must be >= 0"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, ["sample.confounded_temperatures=[0.5, -1]"])
+
+
+def test_out_of_range_in_a_file_names_the_file_and_key(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[sample]\ntemperature = -1.0\n")
+    message = f"{path}: sample.temperature = -1.0 is out of range: must be >= 0"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(path)
+
+
+def test_values_at_the_edges_of_their_ranges_load():
+    cfg = load_config(REPO / "configs" / "smoke.toml", [
+        "sample.n=2", "sample.temperature=0", "sample.top_p=1", "models.policy.gpu_memory_utilization=1",
+        "sample.resources.num_gpus=0", "train.warmup_ratio=0", "train.gamma=1", "train.max_grad_norm=0",
+        "split.max_retries=0", "eval.probes_per_image=0", "run.seed=4294967295"])
+    assert (cfg.sample.n, cfg.train.gamma, cfg.run.seed) == (2, 1, 2**32 - 1)

@@ -151,7 +151,8 @@ def test_stage_pools_that_cannot_fit_the_local_cluster_are_an_error_not_a_hang(r
     from engine.pipeline import generate_pairs
 
     cfg = load_config(SMOKE, [f"run.output_dir={tmp_path}", f"models.cache_dir={model_cache}",
-                              "score.resources.min_actors=2", "score.resources.num_cpus=1"])
+                              "score.resources.min_actors=2", "score.resources.max_actors=2",
+                              "score.resources.num_cpus=1"])
     with pytest.raises(ConfigError, match=r"need 2.75 CPU \(sample 0.25, split 0.25, score 2, pair 0.25\) but this local Ray has 2"):
         generate_pairs(cfg, 0, str(tmp_path / "out"))
 

@@ -56,7 +56,7 @@ def test_grammar_splitter_diverts_sentences_outside_the_grammar(answer):
 
 
 def test_toy_models_are_named_and_checked():
-    check_model_path("splitter", "toy:scene-grammar")  # preflight lets it through
+    check_model_path("models.splitter.path", ModelConfig(path="toy:scene-grammar", backend="toy-grammar"))  # a label
     with pytest.raises(ValueError, match="unknown toy model"):
         make_backend(ModelConfig(path="toy:nope"), cache_dir="unused")
 

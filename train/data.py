@@ -30,6 +30,7 @@ from PIL import Image
 
 from engine import chat
 from engine.config import ValidateConfig
+from engine.errors import EngineError
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import filesystem, list_parquet
 
@@ -37,7 +38,7 @@ from engine.storage import filesystem, list_parquet
 TRAIN_COLUMNS = ("pair_id", "images", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
 
 
-class PairDataError(ValueError):
+class PairDataError(EngineError):
     """The pair shards cannot be trained on; the message says which file, column or pair."""
 
 

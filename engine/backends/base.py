@@ -8,10 +8,14 @@ by config.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
+
+from engine.sampling import SamplingParams
+
+if TYPE_CHECKING:  # transformers is heavy to import; the stages that use this module need it not
+    from transformers import PreTrainedTokenizerBase
 
 # The labeler's answer words (docs/algorithms.md §3): p_yes reads P("yes") + P("Yes"), as the
 # released autocheck code does; all-caps "YES" is another word and does not count.
@@ -38,23 +42,6 @@ class Completion:
     text: str
     n_tokens: int
     seed: int
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 means greedy decoding (seeds are then irrelevant)."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 512
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
 class Backend(Protocol):

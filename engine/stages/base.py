@@ -62,6 +62,11 @@ class ModelStage:
             self.backends[role] = loaded[load]
         self.metrics = StageMetrics(self.name, context.run_name, context.iteration)
 
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """Raise ValueError on settings of the stage's config section that its constructor
+        would refuse; preflight calls it before any actor starts (engine.config_check)."""
+
     @property
     def backend(self):
         """The stage's one model (stages that hold a single role)."""

@@ -16,8 +16,11 @@ class BonStage(ModelStage):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.params = SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                                     max_new_tokens=self.cfg.max_new_tokens)
+        self.params = SamplingParams.of(self.cfg)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        SamplingParams.of(cfg)
 
     def process(self, rows: list[dict]) -> None:
         policy, reference = self.backends["policy"], self.backends["reference"]

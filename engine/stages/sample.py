@@ -14,14 +14,21 @@ class SampleStage(ModelStage):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        sample_cfg = self.cfg
-        temperatures = sample_cfg.confounded_temperatures or [sample_cfg.temperature]
-        # (decoding parameters, the answer indices j decoded with them)
-        self.groups = [
-            (SamplingParams(temperature=t, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens),
-             [j for j in range(sample_cfg.n) if temperatures[j % len(temperatures)] == t])
-            for t in dict.fromkeys(temperatures[: sample_cfg.n])
+        self.groups = self.decoding_groups(self.cfg)
+
+    @staticmethod
+    def decoding_groups(cfg) -> list[tuple[SamplingParams, list[int]]]:
+        """(decoding parameters, the answer indices j decoded with them)."""
+        temperatures = cfg.confounded_temperatures or [cfg.temperature]
+        return [
+            (SamplingParams(temperature=t, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens),
+             [j for j in range(cfg.n) if temperatures[j % len(temperatures)] == t])
+            for t in dict.fromkeys(temperatures[: cfg.n])
         ]
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        cls.decoding_groups(cfg)
 
     def answer_seeds(self, instruction_id: str) -> list[int]:
         return [derive_seed(self.context.seed, self.context.iteration, instruction_id, j) for j in range(self.cfg.n)]

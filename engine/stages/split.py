@@ -18,9 +18,11 @@ class SplitStage(ModelStage):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.schema = claims_json_schema(self.cfg.max_claims, self.cfg.max_claim_chars)
-        self.params = SamplingParams(
-            temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_new_tokens=self.cfg.max_new_tokens
-        )
+        self.params = SamplingParams.of(self.cfg)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        SamplingParams.of(cfg)
 
     def process(self, rows: list[dict]) -> None:
         # Every (row, answer) still to split; retried together, batch by batch.

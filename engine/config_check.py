@@ -1,0 +1,81 @@
+"""The config rules that tie fields together, which per-field range annotations (engine.config)
+cannot express. check_config runs in every job's preflight, before Ray starts or a model loads."""
+
+from __future__ import annotations
+
+from engine import hallucination as hal
+from engine.config import Config, EvalConfig, ModelConfig, Resources
+from engine.errors import ConfigError
+from engine.sampling import SamplingParams
+
+def check_config(cfg: Config) -> None:
+    """Raise ConfigError, naming the keys and what they must be, on the first rule broken."""
+    check_run_name(cfg.run.name)
+    check_stages(cfg)
+    check_actor_range("eval", cfg.eval.resources)
+    check_tensor_parallel("eval", cfg.eval.resources, "models.policy", cfg.models.policy)
+    try:
+        SamplingParams(temperature=cfg.eval.temperature, max_new_tokens=cfg.eval.max_new_tokens)
+    except ValueError as exc:
+        raise ConfigError(f"eval: {exc}") from None
+    check_eval(cfg.eval)
+
+
+def check_stages(cfg: Config) -> None:
+    """Every stage of the generation and Best-of-N passes, from their stage lists: its actor
+    range, its GPUs against its model's tensor parallelism, and the settings its constructor
+    builds (decoding parameters), so a value it would refuse fails here, not in an actor."""
+    from engine.bon import bon_models
+    from engine.bon_pass import BON_STAGES
+    from engine.pipeline import STAGES, generation_models
+
+    for stages, models, model_key in ((STAGES, generation_models(cfg), "models.{role}"),
+                                      (BON_STAGES, bon_models(cfg), "models.policy")):
+        for spec in stages:
+            section = getattr(cfg, spec.section)
+            check_actor_range(spec.section, section.resources)
+            if spec.models:
+                role = spec.models[0]
+                check_tensor_parallel(spec.section, section.resources, model_key.format(role=role), models[role])
+            try:
+                spec.stage_class.check_config(section)
+            except ValueError as exc:
+                raise ConfigError(f"{spec.section}: {exc}") from None
+
+
+def check_run_name(name: str) -> None:
+    """The run lives in <output_dir>/<name>/: a name that is not one path component would put it
+    (and what a resumed or fresh run deletes there) somewhere else."""
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ConfigError(f"run.name = {name!r} must be a single path component: not empty, "
+                          "not '.' or '..', no '/' or '\\'")
+
+
+def check_actor_range(stage: str, resources: Resources) -> None:
+    if resources.max_actors < resources.min_actors:
+        raise ConfigError(f"{stage}.resources.max_actors = {resources.max_actors} must be >= "
+                          f"{stage}.resources.min_actors = {resources.min_actors}")
+
+
+def check_tensor_parallel(stage: str, resources: Resources, model_key: str, model_cfg: ModelConfig) -> None:
+    """A tensor-parallel vllm actor gets num_gpus x tensor_parallel_size GPUs (engine.config.actor_gpus),
+    one per rank: a fraction of a GPU per rank cannot be split across ranks."""
+    if model_cfg.backend == "vllm" and model_cfg.tensor_parallel_size > 1 and resources.num_gpus != 1:
+        raise ConfigError(
+            f"{stage}.resources.num_gpus = {resources.num_gpus} must be 1 when {model_key}.tensor_parallel_size = "
+            f"{model_cfg.tensor_parallel_size}: it is the GPUs per tensor-parallel rank, and the actor gets "
+            "num_gpus x tensor_parallel_size")
+
+
+def check_eval(eval_cfg: EvalConfig) -> None:
+    """Settings no held-out row could be evaluated with."""
+    template = eval_cfg.probe_question
+    try:
+        usable = "{object}" in template and bool(template.format(object="x"))
+    except (KeyError, IndexError, ValueError):  # another placeholder, or a stray brace
+        usable = False
+    if not usable:
+        raise ConfigError(f"eval.probe_question {template!r} must hold {{object}} and no other placeholder")
+    unknown = sorted(set(eval_cfg.vocabulary) - set(hal.vocabulary_groups()))
+    if unknown:
+        raise ConfigError(f"eval.vocabulary names unknown group(s) {unknown}; known: {list(hal.vocabulary_groups())}")
