@@ -3,11 +3,17 @@ length-balancing pass over an iteration's pairs. Pure functions on plain data.""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from itertools import combinations
 
 DROP_RULES = ("gap_too_small", "equal_text", "over_per_instruction_cap")
+
+
+def pair_id(iteration: int, instruction_id: str, chosen: int, rejected: int) -> str:
+    """A pair's stable id: the same pair of the same iteration gets the same id on a re-run."""
+    return hashlib.blake2b(f"{iteration}/{instruction_id}/{chosen}/{rejected}".encode(), digest_size=8).hexdigest()
 
 
 def answer_score(p_yes: list[float], p_no: list[float]) -> tuple[int, int]:

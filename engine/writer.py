@@ -19,15 +19,11 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource import Datasink
 
 from engine.config import PairConfig
-from engine.pairing import length_balance, word_count
+from engine.pairing import length_balance, pair_id, word_count
 from engine.schemas import INSTRUCTION_STATS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import join, read_parquet_dir, write_parquet_atomic
 
 PAIRS_PER_SHARD = 10_000
-
-
-def pair_id(iteration: int, instruction_id: str, chosen: int, rejected: int) -> str:
-    return hashlib.blake2b(f"{iteration}/{instruction_id}/{chosen}/{rejected}".encode(), digest_size=8).hexdigest()
 
 
 def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:

@@ -5,8 +5,9 @@ import pyarrow as pa
 from engine.config import PairConfig
 from engine.flight import FLIGHT_SCHEMA, to_table
 from engine.schemas import INSTRUCTION_STATS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
+from engine.pairing import pair_id
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
-from engine.writer import finalize_pairs, pair_id, pair_rows, reject_rows, stats_rows
+from engine.writer import finalize_pairs, pair_rows, reject_rows, stats_rows
 
 
 def flight_row(**extra):

@@ -30,6 +30,7 @@ from PIL import Image
 
 from engine import chat
 from engine.config import ValidateConfig
+from engine.pairing import pair_id
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import filesystem, list_parquet
 
@@ -291,7 +292,6 @@ def pairs_from_corrections(
     from engine.backends.hf import HFBackend
     from engine.images import ImageRejected, decode_image
     from engine.tiny_models import resolve_model_path
-    from engine.writer import pair_id
 
     wanted = [columns.image, columns.question, columns.chosen, columns.rejected] + ([columns.id] if columns.id else [])
     missing = [name for name in wanted if name not in table.column_names]
