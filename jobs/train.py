@@ -77,10 +77,14 @@ def main(config_path, overrides, pairs_dir, corrections, columns, init_model, ou
 
 
 def _corrections_to_pairs(cfg, url: str, columns: dict[str, str], init_model: str, out_dir: str) -> str:
+    import msgspec
+
     from engine.storage import join, write_parquet_atomic
     from train.data import CorrectionColumns, pairs_from_corrections, read_correction_table
 
-    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_model, cfg.models.cache_dir,
+    # The policy's backend settings (backend, dtype, ...) with --init's model.
+    init_cfg = msgspec.structs.replace(cfg.models.policy, path=init_model)
+    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_cfg, cfg.models.cache_dir,
                                             CorrectionColumns(**columns), validate=cfg.validate)
     pairs_dir = join(out_dir, "pairs")
     write_parquet_atomic(pairs, join(pairs_dir, "corrections.parquet"))

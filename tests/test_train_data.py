@@ -13,6 +13,7 @@ from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
 from transformers import AutoProcessor
 
 from engine import chat
+from engine.config import ModelConfig
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from train.data import (
     BatchPlan,
@@ -193,7 +194,8 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
         "orig": ["There is a green circle.", "a blue star and a red cross", "y", " same "],
     })
     columns = CorrectionColumns(image="img", question="q", chosen="fixed", rejected="orig")
-    pairs, rejects = pairs_from_corrections(table, tiny_llava_dir, model_cache, columns, iteration=3)
+    init_model = ModelConfig(path=tiny_llava_dir)
+    pairs, rejects = pairs_from_corrections(table, init_model, model_cache, columns, iteration=3)
     assert pairs.schema == PAIR_SCHEMA and rejects.schema == REJECT_SCHEMA
     assert pairs["instruction_id"].to_pylist() == ["correction-0", "correction-1"]
     assert sorted(rejects["reason"].to_pylist()) == ["equal_answers", "undecodable_image"]
@@ -206,4 +208,4 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
     assert pairs["ref_rejected_logps"][0].as_py() == pytest.approx(expected[1][0], abs=1e-4)
     assert np.isfinite(pairs["ref_rejected_logps"].to_numpy()).all()
     with pytest.raises(PairDataError, match="lacks column"):
-        pairs_from_corrections(table, tiny_llava_dir, model_cache)
+        pairs_from_corrections(table, init_model, model_cache)

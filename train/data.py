@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from engine import chat
-from engine.config import ValidateConfig
+from engine.config import ModelConfig, ValidateConfig
 from engine.pairing import pair_id
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import filesystem, list_parquet
@@ -273,25 +273,23 @@ def _image_bytes(value: Any) -> bytes | None:
 
 def pairs_from_corrections(
     table: pa.Table,
-    init_model: str,
+    init_model: ModelConfig,
     cache_dir: str,
     columns: CorrectionColumns = CorrectionColumns(),
     iteration: int = 0,
     validate: ValidateConfig = ValidateConfig(),
-    batch_size: int = 8,
 ) -> tuple[pa.Table, pa.Table]:
     """RLHF-V style corrections -> (PAIR_SCHEMA pairs, REJECT_SCHEMA rejects).
 
-    The rows carry no reference log-probs, so the init model computes them (one batched
-    teacher-forcing pass through the engine's hf backend, the same path the engine uses).
-    Rows with a missing or bad image, an empty question or answer, or identical answers
-    are diverted with a reason. The pairs were not scored or sampled: scores and claim
-    counts are 0 and seeds -1.
+    The rows carry no reference log-probs, so the model to train computes them through the
+    engine's backend for `init_model` (the same path the pair stage takes). Rows with a
+    missing or bad image, an empty question or answer, or identical answers are diverted
+    with a reason. The pairs were not scored or sampled: scores and claim counts are 0 and
+    seeds -1.
     """
+    from engine.backends import make_backend
     from engine.backends.base import Prompt
-    from engine.backends.hf import HFBackend
     from engine.images import ImageRejected, decode_image
-    from engine.tiny_models import resolve_model_path
 
     wanted = [columns.image, columns.question, columns.chosen, columns.rejected] + ([columns.id] if columns.id else [])
     missing = [name for name in wanted if name not in table.column_names]
@@ -324,10 +322,10 @@ def pairs_from_corrections(
         kept.append({"pair_id": pair_id(iteration, instruction_id, 0, 1), "instruction_id": instruction_id,
                      "iteration": iteration, "images": [data], "prompt": question, "chosen": chosen,
                      "rejected": rejected, "chosen_score": 0, "rejected_score": 0, "chosen_n_claims": 0,
-                     "rejected_n_claims": 0, "policy_id": init_model, "chosen_seed": -1, "rejected_seed": -1})
+                     "rejected_n_claims": 0, "policy_id": init_model.path, "chosen_seed": -1, "rejected_seed": -1})
         images.append(image)
     if kept:
-        backend = HFBackend(resolve_model_path(init_model, cache_dir), batch_size=batch_size)
+        backend = make_backend(init_model, cache_dir)
         try:
             prompts = [Prompt(image, row["prompt"]) for image, row in zip(images, kept)]
             logps = backend.logprobs(prompts * 2, [row["chosen"] for row in kept] + [row["rejected"] for row in kept])
