@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import ray.train
 import ray.train.torch
@@ -102,7 +101,7 @@ def train_dpo(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
-            "train": msgspec.to_builtins(train_cfg),
+            "train": train_cfg,  # a msgspec Struct: it pickles as it is
             "seed": cfg.run.seed,
             "init_dir": init_dir,
             "model_url": join(out_dir, MODEL_DIR),
@@ -155,7 +154,7 @@ def _ray_storage(out_dir: str):
 
 def _train_worker(spec: dict) -> dict:
     """One worker's DeepSpeed loop. Returns the result (rank 0's is the run's)."""
-    train_cfg = msgspec.convert(spec["train"], TrainConfig)
+    train_cfg: TrainConfig = spec["train"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
