@@ -41,8 +41,8 @@ def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--init", "init_model", default=None,
               help="Model to train: a Hugging Face model dir or tiny:llava (default: models.policy.path).")
 @click.option("--out", "out_dir", default=None,
-              help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model), train_result.json "
-                   "(default: <run.output_dir>/<run.name>/train).")
+              help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model) and, written last "
+                   "once training is complete, train_result.json (default: <run.output_dir>/<run.name>/train).")
 @click.option("--fresh", is_flag=True,
               help="Delete the checkpoints and model under --out and start over (default: resume).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,

@@ -54,11 +54,26 @@ DATASET_KEY = "pairs"
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What <out_dir>/train_result.json holds: the one marker that training is complete."""
+
     model_dir: str | None  # None when the call stopped at max_steps before the end
     steps: int  # optimizer steps done so far (over all calls)
     started_at_step: int  # the step this call resumed at (0 for a fresh run)
     history: list[dict] = field(default_factory=list)  # one metrics dict per optimizer step
     metrics: dict = field(default_factory=dict)  # the last step's metrics
+    wall_seconds: float = 0.0  # how long the call that finished the run took
+    # Why nothing was trained (engine.iterate: "no pairs"); model_dir is then the untrained init.
+    skipped: str | None = None
+
+
+def write_result(result: TrainResult, out_dir: str) -> None:
+    write_json_atomic(asdict(result), join(out_dir, RESULT_FILE))
+
+
+def read_result(out_dir: str) -> TrainResult | None:
+    """The finished result under out_dir, None while training is not complete."""
+    url = join(out_dir, RESULT_FILE)
+    return TrainResult(**read_json(url)) if exists(url) else None
 
 
 def train_dpo(
@@ -83,11 +98,11 @@ def train_dpo(
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = absolute(out_dir)
-    result_url = join(out_dir, RESULT_FILE)
     if not resume:
         _remove(out_dir, (RESULT_FILE, MODEL_DIR, CHECKPOINT_RUN))
-    elif exists(result_url):
-        return TrainResult(**read_json(result_url))
+    elif (finished := read_result(out_dir)) is not None:
+        return finished
+    started = time.perf_counter()
     train_cfg = cfg.train
     init_dir = resolve_model_path(init_model, cfg.models.cache_dir)
     if Path(init_dir).is_dir():  # a local directory, not a hub id
@@ -126,9 +141,9 @@ def train_dpo(
         # Ray's streaming split hands out blocks as workers ask, which is not reproducible.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = TrainResult(**trainer.fit().return_value)
+    result = TrainResult(**trainer.fit().return_value, wall_seconds=round(time.perf_counter() - started, 2))
     if result.model_dir is not None:
-        write_json_atomic(asdict(result), result_url)
+        write_result(result, out_dir)
     return result
 
 
