@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
+from fixtures_models import noise_image
 from transformers import AutoProcessor
 
 from engine import chat
@@ -39,7 +39,7 @@ def pair(pair_id: str, chosen: str, rejected: str, prompt: str = "Describe the i
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_llava_dir):  # noqa: F811
+def processor(tiny_llava_dir):
     return AutoProcessor.from_pretrained(tiny_llava_dir)
 
 
@@ -183,7 +183,7 @@ def test_read_pair_dataset_checks_the_shards(tmp_path, ray_local):
 # ------------------------------------------------------------------ RLHF-V corrections
 
 
-def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
+def test_pairs_from_corrections(tiny_llava_dir, model_cache):
     from engine.backends.base import Prompt
     from engine.backends.hf import HFBackend
 

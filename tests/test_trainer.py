@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
+from fixtures_models import noise_image
 from safetensors.torch import load_file
 
 from engine.backends.base import Prompt
@@ -51,7 +51,7 @@ def png(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory, tiny_llava_dir):  # noqa: F811
+def pairs_dir(tmp_path_factory, tiny_llava_dir):
     """8 pairs whose reference log-probs the engine's hf backend computed, as the pair stage does."""
     from engine.backends.hf import HFBackend
 
@@ -148,7 +148,7 @@ def test_training_lowers_the_loss_on_the_pairs_and_raises_accuracy(baseline, pai
     assert baseline.history[-1]["loss"] < baseline.history[0]["loss"] - 0.1
 
 
-def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):  # noqa: F811
+def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):
     before, after = weights(tiny_llava_dir), weights(baseline.model_dir)
     assert before.keys() == after.keys()  # the init's key layout (vLLM's vision_tower.vision_model.*) is kept
     unchanged = sorted(key for key in before if torch.equal(before[key], after[key]))
@@ -159,7 +159,7 @@ def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):  # noqa: F
     assert not any(key.endswith("weight") and before[key].dim() == 2 for key in unchanged)
 
 
-def test_exported_model_reloads_and_generates(baseline, tiny_llava_dir):  # noqa: F811
+def test_exported_model_reloads_and_generates(baseline, tiny_llava_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from engine import chat
