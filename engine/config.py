@@ -142,7 +142,13 @@ class TrainConfig(_Strict):
 
     loss: Literal["dpo", "ddpo"] = "dpo"
     beta: float = 0.1
-    gamma: float = 5.0
+    # DDPO's weight of changed tokens (docs/algorithms.md §6).
+    gamma: float = 1.1
+    # DDPO's changed tokens (train/ddpo_masks.py): "released" marks only spans edited on both
+    # sides (the authors' code), "all_edits" every inserted, deleted or replaced token (the paper).
+    ddpo_mask: Literal["released", "all_edits"] = "released"
+    # Divide DDPO's weighted log-prob sum by the weighted length (the paper) or not (the code).
+    ddpo_normalise: bool = False
     # Weight of an SFT term on the chosen answers (their mean token negative log-likelihood,
     # TRL's "sft" loss type; RPO, Pang et al. 2024) added to the DPO loss. 0 is the reference
     # method. It keeps the chosen answers likely while DPO widens the margin, which otherwise

@@ -18,7 +18,8 @@ def test_defaults_are_the_reference_values():
     assert cfg.score.question_suffix == " Please answer yes or no."
     assert (cfg.pair.min_score_gap, cfg.pair.pairs_per_instruction) == (1, 2)
     assert (cfg.train.beta, cfg.train.learning_rate, cfg.train.weight_decay, cfg.train.warmup_ratio) == (0.1, 5e-7, 0.01, 0.05)
-    assert (cfg.train.gamma, cfg.train.zero_stage, cfg.train.max_length, cfg.train.micro_batch_size) == (5.0, 2, 2048, 1)
+    assert (cfg.train.gamma, cfg.train.zero_stage, cfg.train.max_length, cfg.train.micro_batch_size) == (1.1, 2, 2048, 1)
+    assert (cfg.train.ddpo_mask, cfg.train.ddpo_normalise) == ("released", False)
 
 
 def test_every_field_round_trips_through_toml():

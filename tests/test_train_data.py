@@ -1,4 +1,4 @@
-"""train.data: batch plan, DDPO change masks, collation (padding, truncation), pair shards
+"""train.data: batch plan, collation with DDPO change masks (padding, truncation), pair shards
 and RLHF-V correction rows."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from train.data import (
     BatchPlan,
     CorrectionColumns,
     PairDataError,
-    changed_token_masks,
     collate_pairs,
     pairs_from_corrections,
     read_pair_dataset,
@@ -74,20 +73,14 @@ def test_plan_rejects_bad_values():
         BatchPlan(4, 1, 1, 1, 1, 0).micro_batches(4, 0)
 
 
-# ------------------------------------------------------------------ DDPO change masks
+# ------------------------------------------------------------------ DDPO change masks (train/ddpo_masks.py)
 
 
-def test_changed_token_masks_on_ids():
-    # replace: 2 -> 5 (one token each side)
-    assert changed_token_masks([1, 2, 3, 4], [1, 5, 3, 4]) == ([False, True, False, False], [False, True, False, False])
-    # delete in the rejected answer: chosen's extra token is changed, rejected has none changed
-    assert changed_token_masks([1, 2, 3], [1, 3]) == ([False, True, False], [False, False])
-    assert changed_token_masks([7, 8], [7, 8]) == ([False, False], [False, False])
-
-
-def test_changed_mask_marks_only_the_colour_tokens(processor):
+@pytest.mark.parametrize("ddpo_mask", ["released", "all_edits"])
+def test_changed_mask_marks_only_the_colour_tokens(processor, ddpo_mask):
     tokenizer = processor.tokenizer
-    batch = collate_pairs([pair("p", "a red circle", "a blue circle")], processor, max_length=512, changed_masks=True)
+    batch = collate_pairs([pair("p", "there is a red circle here", "there is a blue circle here")], processor,
+                          max_length=512, ddpo_mask=ddpo_mask)
     for row, colour in ((0, " red"), (1, " blue")):
         changed = batch.model_inputs["input_ids"][row][batch.changed_mask[row] == 1].tolist()
         assert changed == tokenizer(colour, add_special_tokens=False)["input_ids"]

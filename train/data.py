@@ -8,19 +8,18 @@
   resumed run skips exactly the batches already consumed, and N workers see the same global
   batches as 1 worker with N times the gradient accumulation.
 - `collate_pairs`: pair rows -> one padded batch of 2B sequences (chosen rows, then rejected
-  rows), tokenised by engine.chat exactly as the engine computed the reference log-probs.
-- `changed_token_masks`: DDPO's changed tokens, from a diff of chosen vs rejected tokens.
+  rows), tokenised by engine.chat exactly as the engine computed the reference log-probs, and
+  for DDPO the changed-token masks of train/ddpo_masks.py.
 - `pairs_from_corrections`: RLHF-V style correction rows -> pair rows (+ rejects).
 """
 
 from __future__ import annotations
 
-import difflib
 import io
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,6 +32,7 @@ from engine.config import ModelConfig, ValidateConfig
 from engine.pairing import pair_id
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import filesystem, list_parquet
+from train.ddpo_masks import DDPO_MASKS
 
 # What training reads of a pair row; the other PAIR_SCHEMA columns are provenance.
 TRAIN_COLUMNS = ("pair_id", "images", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
@@ -127,19 +127,6 @@ class BatchPlan:
         return [grid[a, rank].tolist() for a in range(self.accumulation_steps)]
 
 
-def changed_token_masks(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
-    """DDPO's y_c (ALGORITHMS.md 6): align the two responses' tokens with a diff; tokens inside
-    a non-equal opcode (replace, delete, insert) are changed, each side marking its own."""
-    chosen_changed = [False] * len(chosen_ids)
-    rejected_changed = [False] * len(rejected_ids)
-    matcher = difflib.SequenceMatcher(a=list(chosen_ids), b=list(rejected_ids), autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag != "equal":
-            chosen_changed[i1:i2] = [True] * (i2 - i1)
-            rejected_changed[j1:j2] = [True] * (j2 - j1)
-    return chosen_changed, rejected_changed
-
-
 def decode_pair_image(row: dict) -> Image.Image | None:
     """The pair's image (images[0]) as RGB, None for a text-only pair."""
     images = row["images"] or []
@@ -175,8 +162,10 @@ class PairBatch:
                          self.pair_ids, self.n_truncated)
 
 
-def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed_masks: bool = False) -> PairBatch:
-    """Pair rows -> one right-padded batch, through engine.chat.encode_for_logprobs.
+def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,
+                  ddpo_mask: Literal["released", "all_edits"] | None = None) -> PairBatch:
+    """Pair rows -> one right-padded batch, through engine.chat.encode_for_logprobs, with
+    DDPO's changed-token mask of kind `ddpo_mask` (train/ddpo_masks.py) unless it is None.
 
     Truncation keeps the prompt whole (cutting into it would cut the image's placeholder
     tokens, which must match the image features) and cuts the END of any response that does
@@ -197,7 +186,7 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed
     response_mask = encoded.pop("response_mask")
     lengths = encoded["attention_mask"].sum(dim=1)
     prompt_lengths = response_mask.argmax(dim=1)  # first response position
-    changed = _changed_mask(encoded["input_ids"], response_mask) if changed_masks else None
+    changed = None if ddpo_mask is None else _changed_mask(encoded["input_ids"], response_mask, ddpo_mask)
     too_long = prompt_lengths >= max_length
     if bool(too_long.any()):
         i = int(too_long.nonzero()[0, 0]) % len(rows)
@@ -220,14 +209,14 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed
     )
 
 
-def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor, kind: str) -> torch.Tensor:
     """[2B, T] changed marks for the chosen (first half) and rejected (second half) rows."""
     half = input_ids.shape[0] // 2
     mask = torch.zeros_like(response_mask)
     for i in range(half):
         chosen_pos = response_mask[i].nonzero().squeeze(-1)
         rejected_pos = response_mask[half + i].nonzero().squeeze(-1)
-        chosen_changed, rejected_changed = changed_token_masks(
+        chosen_changed, rejected_changed = DDPO_MASKS[kind](
             input_ids[i, chosen_pos].tolist(), input_ids[half + i, rejected_pos].tolist()
         )
         mask[i, chosen_pos] = torch.tensor(chosen_changed, dtype=mask.dtype)

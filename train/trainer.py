@@ -233,8 +233,8 @@ class _StepInputs:
         self.ref_logps: dict[str, tuple[float, float]] | None = None
 
     def batch(self, indices: list[int]) -> PairBatch:
-        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.train_cfg.max_length,
-                              changed_masks=self.train_cfg.loss == "ddpo")
+        ddpo_mask = self.train_cfg.ddpo_mask if self.train_cfg.loss == "ddpo" else None
+        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.train_cfg.max_length, ddpo_mask)
         if self.ref_logps is not None:
             refs = torch.tensor([self.ref_logps[pair_id] for pair_id in batch.pair_ids], dtype=torch.float32)
             batch.ref_chosen_logps, batch.ref_rejected_logps = refs[:, 0], refs[:, 1]
@@ -248,9 +248,10 @@ def _token_logps(ds_engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _sequence_logps(token_logps, response, batch, train_cfg: TrainConfig) -> torch.Tensor:
-    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted average."""
+    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted sum or average."""
     if train_cfg.loss == "ddpo":
-        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], train_cfg.gamma)
+        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], train_cfg.gamma,
+                                   normalise=train_cfg.ddpo_normalise)
     return summed_logps(token_logps, response)
 
 
