@@ -49,8 +49,11 @@ def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Stop after this many optimizer steps in total, keeping a checkpoint; run again to continue.")
 def main(config_path, overrides, pairs_dir, corrections, columns, init_model, out_dir, fresh, max_steps):
     """Train with the [train] section of the config (loss dpo or ddpo, beta, gamma, learning rate,
-    ZeRO stage, workers, ...) and print the per-step metrics. Re-running the same command
-    resumes from the latest checkpoint; a finished run only prints its result."""
+    ZeRO stage, workers, ...) and print the per-step metrics. For DDPO, --set train.preset=
+    rlhfv-released (the default values: RLHF-V's released code) or rlhfv-paper (its paper's
+    formula) sets gamma, beta, ddpo_mask and ddpo_normalise, except those set explicitly.
+    Re-running the same command resumes from the latest checkpoint; a finished run only
+    prints its result."""
     cfg = load_or_exit(config_path, overrides)
     if (pairs_dir is None) == (corrections is None):
         raise click.UsageError("give exactly one of --pairs and --corrections")

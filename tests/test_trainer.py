@@ -223,8 +223,9 @@ def test_every_zero_stage_gives_the_same_run(stage, baseline, model_cache, pairs
 
 
 @pytest.mark.slow
-def test_ddpo_starts_at_log2_and_learns(model_cache, pairs_dir, tmp_path, ray_local):
-    run = train_dpo(config(model_cache, "train.loss=\"ddpo\"", "train.beta=0.5"), pairs_dir, "tiny:llava",
+@pytest.mark.parametrize("preset", ["rlhfv-released", "rlhfv-paper"])
+def test_ddpo_starts_at_log2_and_learns(preset, model_cache, pairs_dir, tmp_path, ray_local):
+    run = train_dpo(config(model_cache, "train.loss=\"ddpo\"", f"train.preset={preset}"), pairs_dir, "tiny:llava",
                     str(tmp_path), resume=False)
     assert run.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert run.history[-1]["loss"] < math.log(2) - 0.1
