@@ -166,9 +166,17 @@ class TrainConfig(_Strict):
     """DPO / DDPO (ALGORITHMS.md 5-6) run by Ray Train over DeepSpeed."""
 
     loss: Literal["dpo", "ddpo"] = "dpo"
+    # A published DDPO recipe (TRAIN_PRESETS) setting beta, gamma, ddpo_mask and ddpo_normalise
+    # where the config file and --set leave them unset. The defaults are "rlhfv-released".
+    preset: Literal["", "rlhfv-released", "rlhfv-paper"] = ""
     beta: Positive = 0.1
-    # DDPO's weight of changed tokens; 1 weighs them as the rest (DPO).
-    gamma: Annotated[float, Meta(ge=1)] = 5.0
+    # DDPO's weight of changed tokens (docs/algorithms.md §6); 1 weighs them as the rest (DPO).
+    gamma: Annotated[float, Meta(ge=1)] = 1.1
+    # DDPO's changed tokens (train/ddpo_masks.py): "released" marks only spans edited on both
+    # sides (the authors' code), "all_edits" every inserted, deleted or replaced token (the paper).
+    ddpo_mask: Literal["released", "all_edits"] = "released"
+    # Divide DDPO's weighted log-prob sum by the weighted length (the paper) or not (the code).
+    ddpo_normalise: bool = False
     # Weight of an SFT term on the chosen answers (their mean token negative log-likelihood,
     # TRL's "sft" loss type; RPO, Pang et al. 2024) added to the DPO loss. 0 is the reference
     # method. It keeps the chosen answers likely while DPO widens the margin, which otherwise
@@ -282,9 +290,26 @@ def _apply_override(data: dict, keys: list[str], value: Any, text: str) -> None:
     node[keys[-1]] = value
 
 
+# DDPO as RLHF-V's released code runs it, and as its paper writes it (docs/algorithms.md §6).
+TRAIN_PRESETS = {
+    "rlhfv-released": {"gamma": 1.1, "beta": 0.1, "ddpo_mask": "released", "ddpo_normalise": False},
+    "rlhfv-paper": {"gamma": 5.0, "beta": 0.5, "ddpo_mask": "all_edits", "ddpo_normalise": True},
+}
+
+
+def _with_train_preset(data: dict) -> dict:
+    """train.preset's values under the train keys `data` does not set. An unknown preset is
+    left to the Literal check of msgspec, which names the key."""
+    train = data.get("train")
+    preset = train.get("preset") if isinstance(train, dict) else None
+    if not isinstance(preset, str) or preset not in TRAIN_PRESETS:
+        return data
+    return {**data, "train": {**TRAIN_PRESETS[preset], **train}}
+
+
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     try:
-        return msgspec.convert(data, Config, strict=True)
+        return msgspec.convert(_with_train_preset(data), Config, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"{source}: {_readable(str(exc), data)}") from None
 

@@ -6,7 +6,7 @@ so re-running the same command after a crash redoes only unfinished work.
 
 from __future__ import annotations
 
-import time
+from dataclasses import asdict
 from typing import Callable
 
 import msgspec
@@ -17,8 +17,6 @@ from engine.preflight import preflight
 from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
 from engine.summary import format_summary
-
-TRAIN_MANIFEST = "train.json"
 
 
 def iteration_config(cfg: Config, policy_path: str) -> Config:
@@ -40,24 +38,20 @@ def _generate(cfg: Config, k: int, it_dir: str) -> dict:
 
 
 def _train(cfg: Config, run: RunDir, k: int, n_pairs: int) -> dict:
-    """Train M_k on iteration k's pairs; the result names the next policy's model directory."""
-    out_dir = run.checkpoint_dir(k)
-    manifest = join(out_dir, TRAIN_MANIFEST)
-    if exists(manifest):
-        return read_json(manifest)
-    if n_pairs == 0:
-        # Nothing to learn from: the next iteration samples with the same policy again.
-        result = {"skipped": "no pairs", "model_dir": cfg.models.policy.path, "steps": 0, "history": [], "metrics": {}}
-    else:
-        from train.trainer import train_dpo
+    """Train M_k on iteration k's pairs; the result names the next policy's model directory.
+    The trainer's train_result.json is the completion marker, a skipped training's included."""
+    from train.trainer import TrainResult, read_result, train_dpo, write_result
 
-        start = time.perf_counter()
-        trained = train_dpo(cfg, join(run.iteration_dir(k), "pairs"), cfg.models.policy.path, out_dir, resume=True,
-                            iteration=k)
-        result = {"model_dir": trained.model_dir, "steps": trained.steps, "history": trained.history,
-                  "metrics": trained.metrics, "wall_seconds": round(time.perf_counter() - start, 2)}
-    write_json_atomic(result, manifest)
-    return result
+    out_dir = run.checkpoint_dir(k)
+    result = read_result(out_dir)
+    if result is None and n_pairs == 0:
+        # Nothing to learn from: the next iteration samples with the same policy again.
+        result = TrainResult(model_dir=cfg.models.policy.path, steps=0, started_at_step=0, skipped="no pairs")
+        write_result(result, out_dir)
+    elif result is None:
+        result = train_dpo(cfg, join(run.iteration_dir(k), "pairs"), cfg.models.policy.path, out_dir, resume=True,
+                           iteration=k)
+    return asdict(result)
 
 
 def _evaluate(cfg: Config, model_path: str, out_dir: str) -> dict | None:
@@ -84,7 +78,7 @@ def format_iteration(summary: dict) -> str:
              f"== iteration {summary['iteration']}: training ==",
              f"  {'steps':<28} {train['steps']}"]
     lines += [f"  {key:<28} {value}" for key, value in sorted(train.get("metrics", {}).items())]
-    if "skipped" in train:
+    if train.get("skipped"):
         lines.append(f"  skipped: {train['skipped']}")
     lines.append(f"  {'next policy':<28} {train['model_dir']}")
     for title, metrics in (("policy before", summary.get("eval_initial")), ("policy after", summary.get("eval"))):

@@ -3,6 +3,7 @@ length-balancing pass over an iteration's pairs. Pure functions on plain data.""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 from itertools import combinations
@@ -14,6 +15,11 @@ def accepts(p_yes: float, p_no: float) -> bool:
     """The labeler's verdict on one claim: accepted only when p_yes > p_no. A tie is rejected,
     as in the released code: an undecided labeler is no evidence that the claim holds."""
     return p_yes > p_no
+
+
+def pair_id(iteration: int, instruction_id: str, chosen: int, rejected: int) -> str:
+    """A pair's stable id: the same pair of the same iteration gets the same id on a re-run."""
+    return hashlib.blake2b(f"{iteration}/{instruction_id}/{chosen}/{rejected}".encode(), digest_size=8).hexdigest()
 
 
 def answer_score(p_yes: list[float], p_no: list[float]) -> tuple[int, int]:

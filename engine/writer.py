@@ -17,16 +17,12 @@ from typing import Sequence
 import pyarrow as pa
 
 from engine.config import PairConfig
-from engine.pairing import accepts, length_balance, word_count
+from engine.pairing import accepts, length_balance, pair_id, word_count
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema, seconds_column
 from engine.storage import join, read_parquet_dir, write_parquet_atomic
 
 PAIRS_PER_SHARD = 10_000
 REJECT_PROMPT_CHARS = 200
-
-
-def pair_id(iteration: int, instruction_id: str, chosen: int, rejected: int) -> str:
-    return hashlib.blake2b(f"{iteration}/{instruction_id}/{chosen}/{rejected}".encode(), digest_size=8).hexdigest()
 
 
 def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:

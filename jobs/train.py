@@ -43,21 +43,24 @@ def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--init", "init_model", default=None,
               help="Model to train: a Hugging Face model dir or tiny:llava (default: models.policy.path).")
 @click.option("--out", "out_dir", default=None,
-              help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model), train_result.json "
-                   "(default: <run.output_dir>/<run.name>/train).")
+              help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model) and, written last "
+                   "once training is complete, train_result.json (default: <run.output_dir>/<run.name>/train).")
 @click.option("--fresh", is_flag=True,
               help="Delete the checkpoints and model under --out and start over (default: resume).")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None,
               help="Stop after this many optimizer steps in total, keeping a checkpoint; run again to continue.")
 def main(config_path, overrides, pairs_dir, corrections, columns, init_model, out_dir, fresh, max_steps):
     """Train with the [train] section of the config (loss dpo or ddpo, beta, gamma, learning rate,
-    ZeRO stage, workers, ...) and print the per-step metrics. Re-running the same command
-    resumes from the latest checkpoint; a finished run only prints its result."""
+    ZeRO stage, workers, ...) and print the per-step metrics. For DDPO, --set train.preset=
+    rlhfv-released (the default values: RLHF-V's released code) or rlhfv-paper (its paper's
+    formula) sets gamma, beta, ddpo_mask and ddpo_normalise, except those set explicitly.
+    Re-running the same command resumes from the latest checkpoint; a finished run only
+    prints its result."""
     if (pairs_dir is None) == (corrections is None):
         raise click.UsageError("give exactly one of --pairs and --corrections")
     cfg = load_config(config_path, overrides)
     inputs = {"--pairs": pairs_dir} if pairs_dir is not None else {"--corrections": corrections}
-    preflight(cfg, inputs, policy_at(cfg, "--init", init_model))  # seconds, before Ray starts or any model loads
+    preflight(cfg, inputs, policy_at(cfg, "--init", init_model))  # before Ray starts or any model loads
     from engine.ray_runtime import init_ray
     from engine.storage import join
     from train.trainer import train_dpo
@@ -77,10 +80,14 @@ def main(config_path, overrides, pairs_dir, corrections, columns, init_model, ou
 
 
 def _corrections_to_pairs(cfg, url: str, columns: dict[str, str], init_model: str, out_dir: str) -> str:
+    import msgspec
+
     from engine.storage import join, write_parquet_atomic
     from train.data import CorrectionColumns, pairs_from_corrections, read_correction_table
 
-    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_model, cfg.models.cache_dir,
+    # The policy's backend settings (backend, dtype, ...) with --init's model.
+    init_cfg = msgspec.structs.replace(cfg.models.policy, path=init_model)
+    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_cfg, cfg.models.cache_dir,
                                             CorrectionColumns(**columns), validate=cfg.validate)
     pairs_dir = join(out_dir, "pairs")
     write_parquet_atomic(pairs, join(pairs_dir, "corrections.parquet"))

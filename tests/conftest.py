@@ -14,6 +14,9 @@ for _key, _value in {
 
 import pytest  # noqa: E402
 
+# Session-scoped tiny models and backends, usable in every test module without an import.
+pytest_plugins = ["fixtures_models"]
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -1,7 +1,7 @@
 """Session-scoped tiny models and backends shared by the chat and backend tests.
 
-Import the fixtures into a test module (`from fixtures_models import hf_llava, ...`);
-`model_cache` comes from conftest.py.
+conftest.py registers this module as a plugin, so every test can ask for its fixtures;
+import only the plain helpers (noise_image, QUESTIONS). `model_cache` comes from conftest.py.
 """
 
 from __future__ import annotations

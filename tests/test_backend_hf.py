@@ -12,7 +12,7 @@ import sys
 
 import pytest
 import torch
-from fixtures_models import QUESTIONS, hf_llava, hf_llm, noise_image, tiny_llava_dir, tiny_llm_dir  # noqa: F401
+from fixtures_models import QUESTIONS, noise_image
 
 from engine import chat
 from engine.backends import make_backend
@@ -46,7 +46,7 @@ def test_shared_prefix_length_leaves_each_row_a_token():
     assert shared_prefix_length([[7, 2], [1, 2]]) == 0
 
 
-def test_yes_no_ids_are_every_single_token_spelling(hf_llava):  # noqa: F811
+def test_yes_no_ids_are_every_single_token_spelling(hf_llava):
     tok = hf_llava.tokenizer
     yes, no = yes_no_token_ids(tok)
     assert yes == sorted({tok.encode(w, add_special_tokens=False)[0] for w in ("yes", " yes", "Yes", " Yes")})
@@ -73,7 +73,7 @@ def test_sampling_params_reject_bad_values():
 # --- yes/no ---------------------------------------------------------------------------------
 
 
-def test_p_yes_p_no_equal_a_hand_softmax(hf_llava):  # noqa: F811
+def test_p_yes_p_no_equal_a_hand_softmax(hf_llava):
     image = noise_image(3)
     yes, no = yes_no_token_ids(hf_llava.tokenizer)
     scored = hf_llava.score_yes_no(image, QUESTIONS)
@@ -87,7 +87,7 @@ def test_p_yes_p_no_equal_a_hand_softmax(hf_llava):  # noqa: F811
         assert 0 < p_yes < 1 and 0 < p_no < 1
 
 
-def test_prefix_reuse_equals_one_forward_per_question(hf_llava):  # noqa: F811
+def test_prefix_reuse_equals_one_forward_per_question(hf_llava):
     image = noise_image(4)
     # 5 questions in chunks of 2 (batch_size 2): the prefix cache is copied per chunk
     shared = hf_llava.score_yes_no(image, QUESTIONS)
@@ -98,14 +98,14 @@ def test_prefix_reuse_equals_one_forward_per_question(hf_llava):  # noqa: F811
     assert hf_llava.score_yes_no(image, []) == []
 
 
-def test_yes_no_depends_on_the_image(hf_llava):  # noqa: F811
+def test_yes_no_depends_on_the_image(hf_llava):
     assert hf_llava.score_yes_no(noise_image(5), QUESTIONS[:1]) != hf_llava.score_yes_no(noise_image(6), QUESTIONS[:1])
 
 
 # --- sampling -------------------------------------------------------------------------------
 
 
-def test_seeded_sampling_repeats_and_seeds_differ(hf_llava):  # noqa: F811
+def test_seeded_sampling_repeats_and_seeds_differ(hf_llava):
     item = Prompt(noise_image(7), "Describe the image in detail.")
     first = hf_llava.sample([item], [[11, 12, 13]], PARAMS)[0]
     again = hf_llava.sample([item], [[11, 12, 13]], PARAMS)[0]
@@ -115,7 +115,7 @@ def test_seeded_sampling_repeats_and_seeds_differ(hf_llava):  # noqa: F811
     assert all(isinstance(c, Completion) and 1 <= c.n_tokens <= PARAMS.max_new_tokens for c in first)
 
 
-def test_answer_is_independent_of_batch_and_other_prompts(hf_llava):  # noqa: F811
+def test_answer_is_independent_of_batch_and_other_prompts(hf_llava):
     """Measured on CPU fp32: answer j with seed s is the same text when sampled alone, in a
     batch of n, or next to another prompt (rows never share padding). Across batch sizes the
     logits may differ in the last float bits, so on other hardware a rare token can flip."""
@@ -126,13 +126,13 @@ def test_answer_is_independent_of_batch_and_other_prompts(hf_llava):  # noqa: F8
     assert hf_llava.sample([other], [[21]], PARAMS)[0] == batched[1]
 
 
-def test_greedy_ignores_seeds(hf_llava):  # noqa: F811
+def test_greedy_ignores_seeds(hf_llava):
     greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
     texts = {c.text for c in hf_llava.sample([Prompt(noise_image(9), "Describe.")], [[1, 2, 3]], greedy)[0]}
     assert len(texts) == 1
 
 
-def test_sample_argument_errors(hf_llava):  # noqa: F811
+def test_sample_argument_errors(hf_llava):
     with pytest.raises(ValueError, match="seed lists"):
         hf_llava.sample([Prompt(None, "Hi")], [], PARAMS)
     assert hf_llava.sample([Prompt(None, "Hi")], [[]], PARAMS) == [[]]
@@ -177,7 +177,7 @@ def _matches_claim_schema(document: dict) -> bool:
     )
 
 
-def test_generate_json_always_parses_as_the_schema(hf_llm):  # noqa: F811
+def test_generate_json_always_parses_as_the_schema(hf_llm):
     params = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=128)
     seeds = [0, 1, 2, 3, 4]
     outputs = hf_llm.generate_json(["Split: a red circle and a blue square."] * 5, CLAIM_SCHEMA, params, seeds)
@@ -186,7 +186,7 @@ def test_generate_json_always_parses_as_the_schema(hf_llm):  # noqa: F811
     assert hf_llm.generate_json(["Split: a red circle and a blue square."], CLAIM_SCHEMA, params, [3]) == outputs[3:4]
 
 
-def test_generate_json_cut_short_is_returned_unparsed(hf_llm):  # noqa: F811
+def test_generate_json_cut_short_is_returned_unparsed(hf_llm):
     params = SamplingParams(temperature=1.0, max_new_tokens=3)
     [text] = hf_llm.generate_json(["Split: a red circle."], CLAIM_SCHEMA, params, [0])
     with pytest.raises(json.JSONDecodeError):
@@ -212,7 +212,7 @@ def _hand_logprob(backend: HFBackend, image, prompt: str, response: str) -> tupl
     return total, len(response_ids)
 
 
-def test_logprobs_equal_a_hand_teacher_forced_sum(hf_llava):  # noqa: F811
+def test_logprobs_equal_a_hand_teacher_forced_sum(hf_llava):
     rows = [
         (noise_image(10), "Describe the image.", " There is a red circle in the center."),
         (None, "Say hello.", " Hello there"),

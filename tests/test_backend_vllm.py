@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_models import QUESTIONS, hf_llava, noise_image, tiny_llava_dir  # noqa: F401
+from fixtures_models import QUESTIONS, noise_image
 
 from engine.backends.base import Prompt, SamplingParams
 
@@ -72,7 +72,7 @@ def run_vllm(model_dir: str, out_path: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def vllm_results(tiny_llava_dir, tmp_path_factory):  # noqa: F811
+def vllm_results(tiny_llava_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm") / "results.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
@@ -92,14 +92,14 @@ def vllm_results(tiny_llava_dir, tmp_path_factory):  # noqa: F811
 
 
 @pytest.mark.vllm
-def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_llava):  # noqa: F811
+def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_llava):
     hf = hf_llava.score_yes_no(noise_image(3), QUESTIONS)
     for (v_yes, v_no), (h_yes, h_no) in zip(vllm_results["yes_no"], hf, strict=True):
         assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
 
 
 @pytest.mark.vllm
-def test_reference_logprobs_agree_with_hf(vllm_results, hf_llava):  # noqa: F811
+def test_reference_logprobs_agree_with_hf(vllm_results, hf_llava):
     hf = hf_llava.logprobs(*_logprob_items())
     for (v_total, v_count), (h_total, h_count) in zip(vllm_results["logprobs"], hf, strict=True):
         assert v_count == h_count

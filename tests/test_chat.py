@@ -7,19 +7,19 @@ import math
 
 import pytest
 import torch
-from fixtures_models import noise_image, tiny_llava_dir, tiny_llm_dir  # noqa: F401
+from fixtures_models import noise_image
 from transformers import AutoProcessor
 
 from engine import chat
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_llava_dir):  # noqa: F811
+def processor(tiny_llava_dir):
     return AutoProcessor.from_pretrained(tiny_llava_dir)
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_llm_dir):  # noqa: F811
+def tokenizer(tiny_llm_dir):
     return AutoProcessor.from_pretrained(tiny_llm_dir)
 
 

@@ -19,7 +19,37 @@ def test_defaults_are_the_reference_values():
     assert cfg.score.question_suffix == " Please answer yes or no."
     assert (cfg.pair.min_score_gap, cfg.pair.pairs_per_instruction) == (1, 2)
     assert (cfg.train.beta, cfg.train.learning_rate, cfg.train.weight_decay, cfg.train.warmup_ratio) == (0.1, 5e-7, 0.01, 0.05)
-    assert (cfg.train.gamma, cfg.train.zero_stage, cfg.train.max_length, cfg.train.micro_batch_size) == (5.0, 2, 2048, 1)
+    assert (cfg.train.gamma, cfg.train.zero_stage, cfg.train.max_length, cfg.train.micro_batch_size) == (1.1, 2, 2048, 1)
+    assert (cfg.train.ddpo_mask, cfg.train.ddpo_normalise) == ("released", False)
+
+
+def test_the_default_ddpo_is_the_released_recipe():
+    released = load_config(None, ["train.preset=rlhfv-released"]).train
+    assert msgspec.structs.replace(released, preset="") == Config().train
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ("rlhfv-released", (1.1, 0.1, "released", False)),
+    ("rlhfv-paper", (5.0, 0.5, "all_edits", True)),
+])
+def test_a_preset_fills_gamma_beta_mask_and_normalisation(preset, expected, tmp_path):
+    path = tmp_path / "preset.toml"
+    path.write_text(f'[train]\nloss = "ddpo"\npreset = "{preset}"\n')
+    for train in (load_config(path).train, load_config(None, ["train.loss=ddpo", f"train.preset={preset}"]).train):
+        assert (train.gamma, train.beta, train.ddpo_mask, train.ddpo_normalise) == expected
+
+
+def test_an_explicit_key_wins_over_the_preset(tmp_path):
+    path = tmp_path / "preset.toml"
+    path.write_text('[train]\npreset = "rlhfv-paper"\ngamma = 2.0\n')
+    train = load_config(path, ["train.ddpo_normalise=false"]).train
+    assert (train.gamma, train.beta, train.ddpo_mask, train.ddpo_normalise) == (2.0, 0.5, "all_edits", False)
+    assert config_from_dict(config_to_dict(load_config(path))) == load_config(path)  # round trip keeps it
+
+
+def test_an_unknown_preset_names_the_key():
+    with pytest.raises(ConfigError, match="train.preset"):
+        load_config(None, ["train.preset=rlhfv-other"])
 
 
 def test_every_field_round_trips_through_toml():

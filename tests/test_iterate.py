@@ -29,7 +29,7 @@ SMOKE = REPO / "configs" / "smoke.toml"
 FAST = ["input.limit=8", "train.checkpoint_every_steps=2"]
 # Fields of a summary that depend on timing, on resumption or on where the run lives.
 UNSTABLE = {"wall_seconds", "instructions_per_second", "instructions_resumed", "stages", "step_seconds",
-            "policy", "model_dir", "model"}
+            "started_at_step", "policy", "model_dir", "model"}
 
 
 def overrides(out_dir: Path) -> list[str]:
@@ -116,6 +116,22 @@ def test_a_finished_run_is_not_redone_and_a_changed_config_is_refused(two_iterat
                                  "train.beta=0.2", "sample.temperature=0.9"])
     with pytest.raises(ConfigChanged, match="sample.temperature, train.beta"):
         run_iterations(changed, echo=lambda text: None)
+
+
+def test_an_iteration_without_pairs_marks_training_skipped_in_the_trainers_result_file(tmp_path):
+    from engine.iterate import _train
+    from engine.run import RunDir
+    from train.trainer import RESULT_FILE, read_result
+
+    cfg = load_config(None, [f"run.output_dir={tmp_path}"])
+    run = RunDir(cfg)
+    result = _train(cfg, run, 0, n_pairs=0)
+    assert result["skipped"] == "no pairs" and result["steps"] == 0
+    assert result["model_dir"] == cfg.models.policy.path  # the next iteration samples with the same policy
+    assert json.loads((Path(run.checkpoint_dir(0)) / RESULT_FILE).read_text()) == result
+    assert sorted(path.name for path in Path(run.checkpoint_dir(0)).iterdir()) == [RESULT_FILE]
+    assert read_result(run.checkpoint_dir(0)).skipped == "no pairs"
+    assert _train(cfg, run, 0, n_pairs=5) == result  # the marker holds: no training on a re-run
 
 
 def job_args(out_dir: Path, cache: str) -> list[str]:

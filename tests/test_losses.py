@@ -60,10 +60,17 @@ def test_ddpo_weighted_logps_hand_computed():
     changed = torch.tensor([[0, 0, 1, 0], [1, 0, 0, 1]])  # row 1's last mark is outside the response
     # row 0: unchanged -2 + -4 = -6, changed 5 * -3 = -15 -> -21 / (2 + 5*1) = -3
     # row 1: unchanged -0.5 + -1 = -1.5, changed 5 * -0.5 = -2.5 -> -4 / (2 + 5*1) = -0.5714286
-    weighted = ddpo_weighted_logps(token_logps, response, changed, gamma=5.0)
+    weighted = ddpo_weighted_logps(token_logps, response, changed, gamma=5.0, normalise=True)
     assert weighted.tolist() == pytest.approx([-3.0, -4 / 7])
     assert ddpo_weighted_logps(token_logps, response, changed, gamma=5.0, normalise=False).tolist() == pytest.approx(
         [-21.0, -4.0]
+    )
+    # the released recipe's gamma 1.1: row 0: -6 + 1.1 * -3 = -9.3 (/ 3.1 = -3); row 1: -1.5 + 1.1 * -0.5 = -2.05
+    assert ddpo_weighted_logps(token_logps, response, changed, gamma=1.1, normalise=False).tolist() == pytest.approx(
+        [-9.3, -2.05]
+    )
+    assert ddpo_weighted_logps(token_logps, response, changed, gamma=1.1, normalise=True).tolist() == pytest.approx(
+        [-3.0, -2.05 / 3.1]
     )
 
 
@@ -83,9 +90,9 @@ def test_ddpo_with_gamma_one_and_no_division_is_dpo():
 
 def test_ddpo_rejects_bad_input():
     with pytest.raises(ValueError, match="same shape"):
-        ddpo_weighted_logps(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 4), gamma=5.0)
+        ddpo_weighted_logps(torch.zeros(2, 3), torch.ones(2, 3), torch.zeros(2, 4), gamma=5.0, normalise=True)
     with pytest.raises(ValueError, match="no response tokens"):
-        ddpo_weighted_logps(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), gamma=5.0)
+        ddpo_weighted_logps(torch.zeros(1, 3), torch.zeros(1, 3), torch.zeros(1, 3), gamma=5.0, normalise=True)
 
 
 def test_shifted_token_logps_sum_to_the_engines_sequence_logprobs():

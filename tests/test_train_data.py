@@ -1,4 +1,4 @@
-"""train.data: batch plan, DDPO change masks, collation (padding, truncation), pair shards
+"""train.data: batch plan, collation with DDPO change masks (padding, truncation), pair shards
 and RLHF-V correction rows."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
+from fixtures_models import noise_image
 from transformers import AutoProcessor
 
 from engine import chat
@@ -19,7 +19,6 @@ from train.data import (
     BatchPlan,
     CorrectionColumns,
     PairDataError,
-    changed_token_masks,
     collate_pairs,
     pairs_from_corrections,
     read_pair_dataset,
@@ -39,7 +38,7 @@ def pair(pair_id: str, chosen: str, rejected: str, prompt: str = "Describe the i
 
 
 @pytest.fixture(scope="module")
-def processor(tiny_llava_dir):  # noqa: F811
+def processor(tiny_llava_dir):
     return AutoProcessor.from_pretrained(tiny_llava_dir)
 
 
@@ -74,20 +73,14 @@ def test_plan_rejects_bad_values():
         BatchPlan(4, 1, 1, 1, 1, 0).micro_batches(4, 0)
 
 
-# ------------------------------------------------------------------ DDPO change masks
+# ------------------------------------------------------------------ DDPO change masks (train/ddpo_masks.py)
 
 
-def test_changed_token_masks_on_ids():
-    # replace: 2 -> 5 (one token each side)
-    assert changed_token_masks([1, 2, 3, 4], [1, 5, 3, 4]) == ([False, True, False, False], [False, True, False, False])
-    # delete in the rejected answer: chosen's extra token is changed, rejected has none changed
-    assert changed_token_masks([1, 2, 3], [1, 3]) == ([False, True, False], [False, False])
-    assert changed_token_masks([7, 8], [7, 8]) == ([False, False], [False, False])
-
-
-def test_changed_mask_marks_only_the_colour_tokens(processor):
+@pytest.mark.parametrize("ddpo_mask", ["released", "all_edits"])
+def test_changed_mask_marks_only_the_colour_tokens(processor, ddpo_mask):
     tokenizer = processor.tokenizer
-    batch = collate_pairs([pair("p", "a red circle", "a blue circle")], processor, max_length=512, changed_masks=True)
+    batch = collate_pairs([pair("p", "there is a red circle here", "there is a blue circle here")], processor,
+                          max_length=512, ddpo_mask=ddpo_mask)
     for row, colour in ((0, " red"), (1, " blue")):
         changed = batch.model_inputs["input_ids"][row][batch.changed_mask[row] == 1].tolist()
         assert changed == tokenizer(colour, add_special_tokens=False)["input_ids"]
@@ -183,7 +176,7 @@ def test_read_pair_dataset_checks_the_shards(tmp_path, ray_local):
 # ------------------------------------------------------------------ RLHF-V corrections
 
 
-def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
+def test_pairs_from_corrections(tiny_llava_dir, model_cache):
     from engine.backends.base import Prompt
     from engine.backends.hf import HFBackend
 
@@ -194,7 +187,8 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
         "orig": ["There is a green circle.", "a blue star and a red cross", "y", " same "],
     })
     columns = CorrectionColumns(image="img", question="q", chosen="fixed", rejected="orig")
-    pairs, rejects = pairs_from_corrections(table, tiny_llava_dir, model_cache, columns, iteration=3)
+    init_model = ModelConfig(path=tiny_llava_dir)
+    pairs, rejects = pairs_from_corrections(table, init_model, model_cache, columns, iteration=3)
     assert pairs.schema == PAIR_SCHEMA and rejects.schema == REJECT_SCHEMA
     assert pairs["instruction_id"].to_pylist() == ["correction-0", "correction-1"]
     assert sorted(rejects["reason"].to_pylist()) == ["equal_answers", "undecodable_image"]
@@ -207,4 +201,4 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):  # noqa: F811
     assert pairs["ref_rejected_logps"][0].as_py() == pytest.approx(expected[1][0], abs=1e-4)
     assert np.isfinite(pairs["ref_rejected_logps"].to_numpy()).all()
     with pytest.raises(PairDataError, match="lacks column"):
-        pairs_from_corrections(table, tiny_llava_dir, model_cache)
+        pairs_from_corrections(table, init_model, model_cache)

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_models import noise_image, tiny_llava_dir  # noqa: F401
+from fixtures_models import noise_image
 from safetensors.torch import load_file
 
 from engine.backends.base import Prompt
@@ -51,7 +51,7 @@ def png(seed: int) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pairs_dir(tmp_path_factory, tiny_llava_dir):  # noqa: F811
+def pairs_dir(tmp_path_factory, tiny_llava_dir):
     """8 pairs whose reference log-probs the engine's hf backend computed, as the pair stage does."""
     from engine.backends.hf import HFBackend
 
@@ -148,7 +148,7 @@ def test_training_lowers_the_loss_on_the_pairs_and_raises_accuracy(baseline, pai
     assert baseline.history[-1]["loss"] < baseline.history[0]["loss"] - 0.1
 
 
-def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):  # noqa: F811
+def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):
     before, after = weights(tiny_llava_dir), weights(baseline.model_dir)
     assert before.keys() == after.keys()  # the init's key layout (vLLM's vision_tower.vision_model.*) is kept
     unchanged = sorted(key for key in before if torch.equal(before[key], after[key]))
@@ -159,7 +159,7 @@ def test_every_trainable_parameter_changed(baseline, tiny_llava_dir):  # noqa: F
     assert not any(key.endswith("weight") and before[key].dim() == 2 for key in unchanged)
 
 
-def test_exported_model_reloads_and_generates(baseline, tiny_llava_dir):  # noqa: F811
+def test_exported_model_reloads_and_generates(baseline, tiny_llava_dir):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from engine import chat
@@ -223,8 +223,9 @@ def test_every_zero_stage_gives_the_same_run(stage, baseline, model_cache, pairs
 
 
 @pytest.mark.slow
-def test_ddpo_starts_at_log2_and_learns(model_cache, pairs_dir, tmp_path, ray_local):
-    run = train_dpo(config(model_cache, "train.loss=\"ddpo\"", "train.beta=0.5"), pairs_dir, "tiny:llava",
+@pytest.mark.parametrize("preset", ["rlhfv-released", "rlhfv-paper"])
+def test_ddpo_starts_at_log2_and_learns(preset, model_cache, pairs_dir, tmp_path, ray_local):
+    run = train_dpo(config(model_cache, "train.loss=\"ddpo\"", f"train.preset={preset}"), pairs_dir, "tiny:llava",
                     str(tmp_path), resume=False)
     assert run.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
     assert run.history[-1]["loss"] < math.log(2) - 0.1

@@ -4,9 +4,10 @@ import pyarrow as pa
 
 from engine.config import PairConfig
 from engine.flight import FLIGHT_SCHEMA, to_table
+from engine.pairing import pair_id
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
-from engine.writer import finalize_pairs, pair_id, pair_rows, reject_rows, stats_rows
+from engine.writer import finalize_pairs, pair_rows, reject_rows, stats_rows
 
 STAGE_NAMES = ("sample", "split", "score", "pair")
 

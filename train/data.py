@@ -8,19 +8,18 @@
   resumed run skips exactly the batches already consumed, and N workers see the same global
   batches as 1 worker with N times the gradient accumulation.
 - `collate_pairs`: pair rows -> one padded batch of 2B sequences (chosen rows, then rejected
-  rows), tokenised by engine.chat exactly as the engine computed the reference log-probs.
-- `changed_token_masks`: DDPO's changed tokens, from a diff of chosen vs rejected tokens.
+  rows), tokenised by engine.chat exactly as the engine computed the reference log-probs, and
+  for DDPO the changed-token masks of train/ddpo_masks.py.
 - `pairs_from_corrections`: RLHF-V style correction rows -> pair rows (+ rejects).
 """
 
 from __future__ import annotations
 
-import difflib
 import io
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,10 +28,12 @@ import torch
 from PIL import Image
 
 from engine import chat
-from engine.config import ValidateConfig
+from engine.config import ModelConfig, ValidateConfig
 from engine.errors import EngineError
+from engine.pairing import pair_id
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
 from engine.storage import filesystem, list_parquet
+from train.ddpo_masks import DDPO_MASKS
 
 # What training reads of a pair row; the other PAIR_SCHEMA columns are provenance.
 TRAIN_COLUMNS = ("pair_id", "images", "prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps")
@@ -127,19 +128,6 @@ class BatchPlan:
         return [grid[a, rank].tolist() for a in range(self.accumulation_steps)]
 
 
-def changed_token_masks(chosen_ids: Sequence[int], rejected_ids: Sequence[int]) -> tuple[list[bool], list[bool]]:
-    """DDPO's y_c (ALGORITHMS.md 6): align the two responses' tokens with a diff; tokens inside
-    a non-equal opcode (replace, delete, insert) are changed, each side marking its own."""
-    chosen_changed = [False] * len(chosen_ids)
-    rejected_changed = [False] * len(rejected_ids)
-    matcher = difflib.SequenceMatcher(a=list(chosen_ids), b=list(rejected_ids), autojunk=False)
-    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-        if tag != "equal":
-            chosen_changed[i1:i2] = [True] * (i2 - i1)
-            rejected_changed[j1:j2] = [True] * (j2 - j1)
-    return chosen_changed, rejected_changed
-
-
 def decode_pair_image(row: dict) -> Image.Image | None:
     """The pair's image (images[0]) as RGB, None for a text-only pair."""
     images = row["images"] or []
@@ -175,8 +163,10 @@ class PairBatch:
                          self.pair_ids, self.n_truncated)
 
 
-def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed_masks: bool = False) -> PairBatch:
-    """Pair rows -> one right-padded batch, through engine.chat.encode_for_logprobs.
+def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,
+                  ddpo_mask: Literal["released", "all_edits"] | None = None) -> PairBatch:
+    """Pair rows -> one right-padded batch, through engine.chat.encode_for_logprobs, with
+    DDPO's changed-token mask of kind `ddpo_mask` (train/ddpo_masks.py) unless it is None.
 
     Truncation keeps the prompt whole (cutting into it would cut the image's placeholder
     tokens, which must match the image features) and cuts the END of any response that does
@@ -197,7 +187,7 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed
     response_mask = encoded.pop("response_mask")
     lengths = encoded["attention_mask"].sum(dim=1)
     prompt_lengths = response_mask.argmax(dim=1)  # first response position
-    changed = _changed_mask(encoded["input_ids"], response_mask) if changed_masks else None
+    changed = None if ddpo_mask is None else _changed_mask(encoded["input_ids"], response_mask, ddpo_mask)
     too_long = prompt_lengths >= max_length
     if bool(too_long.any()):
         i = int(too_long.nonzero()[0, 0]) % len(rows)
@@ -220,14 +210,14 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int, changed
     )
 
 
-def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor, kind: str) -> torch.Tensor:
     """[2B, T] changed marks for the chosen (first half) and rejected (second half) rows."""
     half = input_ids.shape[0] // 2
     mask = torch.zeros_like(response_mask)
     for i in range(half):
         chosen_pos = response_mask[i].nonzero().squeeze(-1)
         rejected_pos = response_mask[half + i].nonzero().squeeze(-1)
-        chosen_changed, rejected_changed = changed_token_masks(
+        chosen_changed, rejected_changed = DDPO_MASKS[kind](
             input_ids[i, chosen_pos].tolist(), input_ids[half + i, rejected_pos].tolist()
         )
         mask[i, chosen_pos] = torch.tensor(chosen_changed, dtype=mask.dtype)
@@ -273,26 +263,23 @@ def _image_bytes(value: Any) -> bytes | None:
 
 def pairs_from_corrections(
     table: pa.Table,
-    init_model: str,
+    init_model: ModelConfig,
     cache_dir: str,
     columns: CorrectionColumns = CorrectionColumns(),
     iteration: int = 0,
     validate: ValidateConfig = ValidateConfig(),
-    batch_size: int = 8,
 ) -> tuple[pa.Table, pa.Table]:
     """RLHF-V style corrections -> (PAIR_SCHEMA pairs, REJECT_SCHEMA rejects).
 
-    The rows carry no reference log-probs, so the init model computes them (one batched
-    teacher-forcing pass through the engine's hf backend, the same path the engine uses).
-    Rows with a missing or bad image, an empty question or answer, or identical answers
-    are diverted with a reason. The pairs were not scored or sampled: scores and claim
-    counts are 0 and seeds -1.
+    The rows carry no reference log-probs, so the model to train computes them through the
+    engine's backend for `init_model` (the same path the pair stage takes). Rows with a
+    missing or bad image, an empty question or answer, or identical answers are diverted
+    with a reason. The pairs were not scored or sampled: scores and claim counts are 0 and
+    seeds -1.
     """
+    from engine.backends import make_backend
     from engine.backends.base import Prompt
-    from engine.backends.hf import HFBackend
     from engine.images import ImageRejected, decode_image
-    from engine.tiny_models import resolve_model_path
-    from engine.writer import pair_id
 
     wanted = [columns.image, columns.question, columns.chosen, columns.rejected] + ([columns.id] if columns.id else [])
     missing = [name for name in wanted if name not in table.column_names]
@@ -325,10 +312,10 @@ def pairs_from_corrections(
         kept.append({"pair_id": pair_id(iteration, instruction_id, 0, 1), "instruction_id": instruction_id,
                      "iteration": iteration, "images": [data], "prompt": question, "chosen": chosen,
                      "rejected": rejected, "chosen_score": 0, "rejected_score": 0, "chosen_n_claims": 0,
-                     "rejected_n_claims": 0, "policy_id": init_model, "chosen_seed": -1, "rejected_seed": -1})
+                     "rejected_n_claims": 0, "policy_id": init_model.path, "chosen_seed": -1, "rejected_seed": -1})
         images.append(image)
     if kept:
-        backend = HFBackend(resolve_model_path(init_model, cache_dir), batch_size=batch_size)
+        backend = make_backend(init_model, cache_dir)
         try:
             prompts = [Prompt(image, row["prompt"]) for image, row in zip(images, kept)]
             logps = backend.logprobs(prompts * 2, [row["chosen"] for row in kept] + [row["rejected"] for row in kept])

@@ -25,16 +25,16 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.j
 _MODEL_FILES = ("config.json", "generation_config.json")
 
 
-def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+def full_state_dict(ds_engine) -> dict[str, torch.Tensor] | None:
     """The complete weights on rank 0 (None elsewhere). Collective: every rank must call it.
     ZeRO-3 partitions the parameters, so they are gathered layer by layer with the engine's
     consolidation (the config must set stage3_gather_16bit_weights_on_model_save); at stages
     0-2 every rank holds them whole."""
-    if engine.zero_optimization_partition_weights():
-        return engine._zero3_consolidated_16bit_state_dict()
+    if ds_engine.zero_optimization_partition_weights():
+        return ds_engine._zero3_consolidated_16bit_state_dict()
     if dist.get_rank() != 0:
         return None
-    return {key: tensor.detach().cpu() for key, tensor in engine.module.state_dict().items()}
+    return {key: tensor.detach().cpu() for key, tensor in ds_engine.module.state_dict().items()}
 
 
 def safetensors_keys(model_dir: str | Path) -> set[str]:
@@ -87,16 +87,16 @@ def publish_dir(local_dir: str | Path, url: str) -> None:
         fs.put(str(local_dir), path, recursive=True)
 
 
-def export_model(engine, init_dir: str, out_url: str) -> None:
+def export_model(ds_engine, init_dir: str, out_url: str) -> None:
     """Collective: gather the weights, then rank 0 writes the model directory to out_url."""
-    state_dict = full_state_dict(engine)
+    state_dict = full_state_dict(ds_engine)
     if dist.get_rank() == 0:
         fs, path = filesystem(out_url)
         local_parent = Path(path).parent if is_local(fs) else Path(tempfile.gettempdir())
         local_parent.mkdir(parents=True, exist_ok=True)
         staging = local_parent / f".{Path(path).name}.tmp-{uuid.uuid4().hex}"
         try:
-            save_model_dir(engine.module, state_dict, init_dir, staging)
+            save_model_dir(ds_engine.module, state_dict, init_dir, staging)
             publish_dir(staging, out_url)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -38,12 +38,14 @@ def ddpo_weighted_logps(
     response_mask: torch.Tensor,
     changed_mask: torch.Tensor,
     gamma: float,
-    normalise: bool = True,
+    *,
+    normalise: bool,
 ) -> torch.Tensor:
-    """DDPO's log pi(y|x) per row (ALGORITHMS.md 6):
-        [sum_{t in y_u} log p_t + gamma * sum_{t in y_c} log p_t] / (|y_u| + gamma * |y_c|)
+    """DDPO's log pi(y|x) per row (docs/algorithms.md §6), the weighted sum
+        sum_{t in y_u} log p_t + gamma * sum_{t in y_c} log p_t
     where y_c are the response tokens marked changed and y_u the other response tokens.
-    normalise=False drops the division (with gamma=1 that is DPO's plain sum).
+    normalise=True divides it by the weighted length |y_u| + gamma * |y_c| (the paper's
+    formula); False keeps the sum (the authors' released code; with gamma=1, DPO's plain sum).
     All three tensors are [B, T'] and aligned with each other.
     """
     if not token_logps.shape == response_mask.shape == changed_mask.shape:

@@ -25,7 +25,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import msgspec
 import numpy as np
 import ray.train
 import ray.train.torch
@@ -55,11 +54,26 @@ DATASET_KEY = "pairs"
 
 @dataclass(frozen=True)
 class TrainResult:
+    """What <out_dir>/train_result.json holds: the one marker that training is complete."""
+
     model_dir: str | None  # None when the call stopped at max_steps before the end
     steps: int  # optimizer steps done so far (over all calls)
     started_at_step: int  # the step this call resumed at (0 for a fresh run)
     history: list[dict] = field(default_factory=list)  # one metrics dict per optimizer step
     metrics: dict = field(default_factory=dict)  # the last step's metrics
+    wall_seconds: float = 0.0  # how long the call that finished the run took
+    # Why nothing was trained (engine.iterate: "no pairs"); model_dir is then the untrained init.
+    skipped: str | None = None
+
+
+def write_result(result: TrainResult, out_dir: str) -> None:
+    write_json_atomic(asdict(result), join(out_dir, RESULT_FILE))
+
+
+def read_result(out_dir: str) -> TrainResult | None:
+    """The finished result under out_dir, None while training is not complete."""
+    url = join(out_dir, RESULT_FILE)
+    return TrainResult(**read_json(url)) if exists(url) else None
 
 
 def train_dpo(
@@ -84,11 +98,11 @@ def train_dpo(
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = absolute(out_dir)
-    result_url = join(out_dir, RESULT_FILE)
     if not resume:
         _remove(out_dir, (RESULT_FILE, MODEL_DIR, CHECKPOINT_RUN))
-    elif exists(result_url):
-        return TrainResult(**read_json(result_url))
+    elif (finished := read_result(out_dir)) is not None:
+        return finished
+    started = time.perf_counter()
     train_cfg = cfg.train
     init_dir = resolve_model_path(init_model, cfg.models.cache_dir)
     if Path(init_dir).is_dir():  # a local directory, not a hub id
@@ -102,7 +116,7 @@ def train_dpo(
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
-            "train": msgspec.to_builtins(train_cfg),
+            "train": train_cfg,  # a msgspec Struct: it pickles as it is
             "seed": cfg.run.seed,
             "init_dir": init_dir,
             "model_url": join(out_dir, MODEL_DIR),
@@ -127,9 +141,9 @@ def train_dpo(
         # Ray's streaming split hands out blocks as workers ask, which is not reproducible.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
-    result = TrainResult(**trainer.fit().return_value)
+    result = TrainResult(**trainer.fit().return_value, wall_seconds=round(time.perf_counter() - started, 2))
     if result.model_dir is not None:
-        write_json_atomic(asdict(result), result_url)
+        write_result(result, out_dir)
     return result
 
 
@@ -155,32 +169,34 @@ def _ray_storage(out_dir: str):
 
 def _train_worker(spec: dict) -> dict:
     """One worker's DeepSpeed loop. Returns the result (rank 0's is the run's)."""
-    t = msgspec.convert(spec["train"], TrainConfig)
+    train_cfg: TrainConfig = spec["train"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     if device.type == "cpu":
-        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+        torch.set_num_threads(max(1, int(train_cfg.cpus_per_worker)))
     seed = spec["seed"]
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY))
-    plan = BatchPlan(len(rows), t.micro_batch_size, t.gradient_accumulation_steps, world, t.epochs, seed)
+    plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
+                     train_cfg.epochs, seed)
     processor = AutoProcessor.from_pretrained(spec["init_dir"])
-    engine = _deepspeed_engine(t, spec["init_dir"], plan, bf16=t.precision == "bf16" and device.type == "cuda",
-                               multimodal=chat.is_multimodal(processor))
-    float_dtype = torch.bfloat16 if engine.bfloat16_enabled() else torch.float32
-    step_inputs = _StepInputs(t, processor, rows, device, float_dtype)
-    if t.loss == "ddpo":
-        step_inputs.ref_logps = _reference_weighted_logps(engine, step_inputs, plan, rank, world)
+    ds_engine = _deepspeed_engine(train_cfg, spec["init_dir"], plan,
+                                  bf16=train_cfg.precision == "bf16" and device.type == "cuda",
+                                  multimodal=chat.is_multimodal(processor))
+    float_dtype = torch.bfloat16 if ds_engine.bfloat16_enabled() else torch.float32
+    step_inputs = _StepInputs(train_cfg, processor, rows, device, float_dtype)
+    if train_cfg.loss == "ddpo":
+        step_inputs.ref_logps = _reference_weighted_logps(ds_engine, step_inputs, plan, rank, world)
 
-    start, history = _restore(engine, plan)
+    start, history = _restore(ds_engine, plan)
     stop = min(plan.total_steps, spec["max_steps"] or plan.total_steps)
     for step in range(start, stop):
         started = time.perf_counter()
-        metrics = _optimizer_step(engine, step_inputs, plan.micro_batches(step, rank))
+        metrics = _optimizer_step(ds_engine, step_inputs, plan.micro_batches(step, rank))
         metrics.update(step=step + 1, epoch=(step + 1) / plan.steps_per_epoch,
                        step_seconds=time.perf_counter() - started)
         history.append(metrics)
@@ -191,13 +207,13 @@ def _train_worker(spec: dict) -> dict:
                   f"accuracy={metrics['rewards/accuracies']:.3f} margin={metrics['rewards/margins']:.4f}",
                   flush=True)
         last = step + 1 == stop
-        if last or (t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0):
-            _save(engine, step + 1, history, plan, metrics)
+        if last or (train_cfg.checkpoint_every_steps and (step + 1) % train_cfg.checkpoint_every_steps == 0):
+            _save(ds_engine, step + 1, history, plan, metrics)
         else:
             ray.train.report(metrics)
     finished = stop == plan.total_steps
     if finished:
-        export_model(engine, spec["init_dir"], spec["model_url"])
+        export_model(ds_engine, spec["init_dir"], spec["model_url"])
     return {
         "model_dir": spec["model_url"] if finished else None,
         "steps": stop,
@@ -210,62 +226,63 @@ def _train_worker(spec: dict) -> dict:
 class _StepInputs:
     """What a worker needs to turn plan indices into a loss: rows, processor, settings."""
 
-    def __init__(self, t: TrainConfig, processor, rows: list[dict], device, float_dtype) -> None:
-        self.t, self.processor, self.rows = t, processor, rows
+    def __init__(self, train_cfg: TrainConfig, processor, rows: list[dict], device, float_dtype) -> None:
+        self.train_cfg, self.processor, self.rows = train_cfg, processor, rows
         self.device, self.float_dtype = device, float_dtype
         # DDPO: pair_id -> (reference weighted logp of chosen, of rejected); DPO uses the shards'.
         self.ref_logps: dict[str, tuple[float, float]] | None = None
 
     def batch(self, indices: list[int]) -> PairBatch:
-        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.t.max_length,
-                              changed_masks=self.t.loss == "ddpo")
+        ddpo_mask = self.train_cfg.ddpo_mask if self.train_cfg.loss == "ddpo" else None
+        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.train_cfg.max_length, ddpo_mask)
         if self.ref_logps is not None:
             refs = torch.tensor([self.ref_logps[pair_id] for pair_id in batch.pair_ids], dtype=torch.float32)
             batch.ref_chosen_logps, batch.ref_rejected_logps = refs[:, 0], refs[:, 1]
         return batch.to(self.device, self.float_dtype)
 
 
-def _token_logps(engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
+def _token_logps(ds_engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs of the 2B sequences and the response mask aligned with them."""
-    logits = engine(**batch.model_inputs, use_cache=False).logits
+    logits = ds_engine(**batch.model_inputs, use_cache=False).logits
     return shifted_token_logps(logits, batch.model_inputs["input_ids"]), batch.response_mask[:, 1:]
 
 
-def _sequence_logps(token_logps, response, batch, t: TrainConfig) -> torch.Tensor:
-    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted average."""
-    if t.loss == "ddpo":
-        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], t.gamma)
+def _sequence_logps(token_logps, response, batch, train_cfg: TrainConfig) -> torch.Tensor:
+    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted sum or average."""
+    if train_cfg.loss == "ddpo":
+        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], train_cfg.gamma,
+                                   normalise=train_cfg.ddpo_normalise)
     return summed_logps(token_logps, response)
 
 
-def _policy_logps(engine, batch, t: TrainConfig) -> torch.Tensor:
-    return _sequence_logps(*_token_logps(engine, batch), batch, t)
+def _policy_logps(ds_engine, batch, train_cfg: TrainConfig) -> torch.Tensor:
+    return _sequence_logps(*_token_logps(ds_engine, batch), batch, train_cfg)
 
 
-def _batch_loss(engine, batch, t: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One micro-batch's loss and metrics: DPO (or DDPO), plus t.sft_weight times the chosen
-    answers' NLL when it is set."""
-    token_logps, response = _token_logps(engine, batch)
-    chosen, rejected = _sequence_logps(token_logps, response, batch, t).chunk(2)
-    loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, t.beta)
-    if t.sft_weight:
+def _batch_loss(ds_engine, batch, train_cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One micro-batch's loss and metrics: DPO (or DDPO), plus train_cfg.sft_weight times the
+    chosen answers' NLL when it is set."""
+    token_logps, response = _token_logps(ds_engine, batch)
+    chosen, rejected = _sequence_logps(token_logps, response, batch, train_cfg).chunk(2)
+    loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, train_cfg.beta)
+    if train_cfg.sft_weight:
         nll = chosen_nll(token_logps, response)
-        loss = loss + t.sft_weight * nll
+        loss = loss + train_cfg.sft_weight * nll
         metrics["nll_loss"] = nll.detach()
     return loss, metrics
 
 
-def _optimizer_step(engine, inputs: _StepInputs, micro_batches: list[list[int]]) -> dict:
+def _optimizer_step(ds_engine, inputs: _StepInputs, micro_batches: list[list[int]]) -> dict:
     """Forward/backward every micro-batch of one optimizer step (DeepSpeed steps the
     optimizer on the last); returns the metrics averaged over the whole global batch."""
-    learning_rate = engine.get_lr()[0]  # this step's; the scheduler advances inside engine.step()
+    learning_rate = ds_engine.get_lr()[0]  # this step's; the scheduler advances inside ds_engine.step()
     names = None
     sums = None
     for indices in micro_batches:
         batch = inputs.batch(indices)
-        loss, metrics = _batch_loss(engine, batch, inputs.t)
-        engine.backward(loss)
-        engine.step()
+        loss, metrics = _batch_loss(ds_engine, batch, inputs.train_cfg)
+        ds_engine.backward(loss)
+        ds_engine.step()
         rows = len(indices)
         names = ["loss", *metrics]
         values = torch.stack([loss.detach(), *metrics.values()]).double().cpu() * rows
@@ -279,40 +296,40 @@ def _optimizer_step(engine, inputs: _StepInputs, micro_batches: list[list[int]])
     out = {name: value / n_rows for name, value in zip(names, sums)}
     out["truncated_sequences"] = int(n_truncated)
     out["learning_rate"] = learning_rate
-    grad_norm = engine.get_global_grad_norm()
+    grad_norm = ds_engine.get_global_grad_norm()
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
     return out
 
 
-def _reference_weighted_logps(engine, inputs: _StepInputs, plan, rank: int, world: int) -> dict:
+def _reference_weighted_logps(ds_engine, inputs: _StepInputs, plan, rank: int, world: int) -> dict:
     """DDPO's reference log-probs of every pair, by the initial policy (no grad). Every rank
     scores an equal number of micro-batches (ZeRO-3's forward is collective), then all ranks
     exchange their results."""
-    micro = inputs.t.micro_batch_size
+    micro = inputs.train_cfg.micro_batch_size
     chunks = math.ceil(plan.n_pairs / (world * micro))
     grid = np.resize(np.arange(plan.n_pairs), chunks * world * micro).reshape(chunks, world, micro)
     mine: dict[str, tuple[float, float]] = {}
-    engine.eval()
+    ds_engine.eval()
     with torch.no_grad():
         for chunk in grid[:, rank]:
             batch = inputs.batch(chunk.tolist())
-            chosen, rejected = _policy_logps(engine, batch, inputs.t).chunk(2)
+            chosen, rejected = _policy_logps(ds_engine, batch, inputs.train_cfg).chunk(2)
             mine.update(zip(batch.pair_ids, zip(chosen.tolist(), rejected.tolist())))
-    engine.train()
+    ds_engine.train()
     gathered: list[dict] = [{} for _ in range(world)]
     dist.all_gather_object(gathered, mine)
     return {pair_id: logps for part in gathered for pair_id, logps in part.items()}
 
 
-def _deepspeed_config(t: TrainConfig, bf16: bool) -> dict:
-    zero: dict = {"stage": t.zero_stage}
-    if t.zero_stage == 3:
+def _deepspeed_config(train_cfg: TrainConfig, bf16: bool) -> dict:
+    zero: dict = {"stage": train_cfg.zero_stage}
+    if train_cfg.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True  # export gathers the partitions
     return {
-        "train_micro_batch_size_per_gpu": t.micro_batch_size,
-        "gradient_accumulation_steps": t.gradient_accumulation_steps,
-        "gradient_clipping": t.max_grad_norm,
+        "train_micro_batch_size_per_gpu": train_cfg.micro_batch_size,
+        "gradient_accumulation_steps": train_cfg.gradient_accumulation_steps,
+        "gradient_clipping": train_cfg.max_grad_norm,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch's AdamW: no fused-op JIT build on CPU
         "bf16": {"enabled": bf16},
@@ -320,7 +337,7 @@ def _deepspeed_config(t: TrainConfig, bf16: bool) -> dict:
     }
 
 
-def _deepspeed_engine(t: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool):
+def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool):
     """The policy wrapped by DeepSpeed with AdamW and a warm-up + cosine schedule."""
     import deepspeed
 
@@ -328,25 +345,25 @@ def _deepspeed_engine(t: TrainConfig, init_dir: str, plan, bf16: bool, multimoda
     # on every CPU start (../shared/notes/cpu-stack.md 1b). Patch the module, not its alias.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed()  # adopts the process group Ray Train set up
-    ds_config = _deepspeed_config(t, bf16)
+    ds_config = _deepspeed_config(train_cfg, bf16)
     # Each worker loads the whole model, which ZeRO then partitions (stage 3: the parameters
     # too) at initialize. Loading straight into partitions (transformers' HfDeepSpeedConfig)
     # needs the accelerate package, which the pinned stack does not have.
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = model_class.from_pretrained(init_dir, dtype=torch.float32)
-    if t.gradient_checkpointing:
+    if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
     model.train()
-    optimizer = torch.optim.AdamW(_parameter_groups(model, t.weight_decay), lr=t.learning_rate)
-    warmup = math.ceil(t.warmup_ratio * plan.total_steps)
-    engine, *_ = deepspeed.initialize(
+    optimizer = torch.optim.AdamW(_parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.learning_rate)
+    warmup = math.ceil(train_cfg.warmup_ratio * plan.total_steps)
+    ds_engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, plan.total_steps),
         config=ds_config,
     )
-    return engine
+    return ds_engine
 
 
 def _parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -361,13 +378,13 @@ def _parameter_groups(model, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _restore(engine, plan) -> tuple[int, list[dict]]:
+def _restore(ds_engine, plan) -> tuple[int, list[dict]]:
     """(first step to run, metric history so far) from Ray Train's latest checkpoint."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, []
     with checkpoint.as_directory() as directory:
-        _, client_state = engine.load_checkpoint(directory)
+        _, client_state = ds_engine.load_checkpoint(directory)
     if client_state is None:
         raise RuntimeError(f"the checkpoint in {checkpoint.path} holds no DeepSpeed state")
     if client_state["plan"] != asdict(plan):
@@ -379,11 +396,11 @@ def _restore(engine, plan) -> tuple[int, list[dict]]:
     return client_state["step"], client_state["history"]
 
 
-def _save(engine, step: int, history: list[dict], plan, metrics: dict) -> None:
+def _save(ds_engine, step: int, history: list[dict], plan, metrics: dict) -> None:
     """Rank-collective DeepSpeed checkpoint, handed to Ray Train, which merges the workers'
     files into one checkpoint directory under <out_dir>/ds_checkpoint and keeps the latest."""
     with tempfile.TemporaryDirectory(prefix="ds-checkpoint-") as directory:
-        engine.save_checkpoint(directory, tag=f"step_{step}",
-                               client_state={"step": step, "history": history, "plan": asdict(plan)})
+        ds_engine.save_checkpoint(directory, tag=f"step_{step}",
+                                  client_state={"step": step, "history": history, "plan": asdict(plan)})
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                          checkpoint_dir_name=f"step_{step:08d}")
