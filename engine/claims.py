@@ -1,4 +1,4 @@
-"""The claim splitter's contract (ALGORITHMS.md 2): its prompt, the JSON schema its output is
+"""The claim splitter's contract (docs/algorithms.md §2): its prompt, the JSON schema its output is
 decoded under, and the strict parser.
 
 One call yields each fact together with its yes/no question: a documented simplification of

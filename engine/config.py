@@ -110,7 +110,7 @@ class ValidateConfig(_Strict):
 
 
 class SampleConfig(_Strict):
-    """Deconfounded sampling (ALGORITHMS.md 1): n answers, same decoding, different seeds."""
+    """Deconfounded sampling (docs/algorithms.md §1): n answers, same decoding, different seeds."""
 
     # Fewer than 2 answers cannot make a pair.
     n: Annotated[int, Meta(ge=2)] = 10
@@ -125,7 +125,7 @@ class SampleConfig(_Strict):
 
 
 class SplitConfig(_Strict):
-    """Divide (ALGORITHMS.md 2): answer -> atomic claims -> yes/no questions."""
+    """Divide (docs/algorithms.md §2): answer -> atomic claims -> yes/no questions."""
 
     temperature: Temperature = 0.2
     top_p: Share = 0.9
@@ -142,7 +142,7 @@ class SplitConfig(_Strict):
 
 
 class ScoreConfig(_Strict):
-    """Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) per question."""
+    """Conquer (docs/algorithms.md §3): the labeler's p(yes)/p(no) per question."""
 
     question_suffix: str = " Please answer yes or no."
     # Ablation "without divide-and-conquer": false asks the labeler one question per answer,
@@ -153,7 +153,7 @@ class ScoreConfig(_Strict):
 
 
 class PairConfig(_Strict):
-    """Combine (ALGORITHMS.md 4) plus the policy's reference log-probs of each pair."""
+    """Combine (docs/algorithms.md §4) plus the policy's reference log-probs of each pair."""
 
     min_score_gap: AtLeast1 = 1
     pairs_per_instruction: AtLeast1 = 2
@@ -163,7 +163,7 @@ class PairConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """DPO / DDPO (ALGORITHMS.md 5-6) run by Ray Train over DeepSpeed."""
+    """DPO / DDPO (docs/algorithms.md §5-6) run by Ray Train over DeepSpeed."""
 
     loss: Literal["dpo", "ddpo"] = "dpo"
     # A published DDPO recipe (TRAIN_PRESETS) setting beta, gamma, ddpo_mask and ddpo_normalise
@@ -203,7 +203,7 @@ class TrainConfig(_Strict):
 
 
 class BonConfig(_Strict):
-    """Self-feedback Best-of-N (ALGORITHMS.md 7): n samples from the trained policy, ranked by
+    """Self-feedback Best-of-N (docs/algorithms.md §7): n samples from the trained policy, ranked by
     r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
 
     # Model directories or tiny:<name>; "" means models.policy. Both run with models.policy's
@@ -221,7 +221,7 @@ class BonConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    """Object hallucination (ALGORITHMS.md 8) of a policy on held-out (image, objects) rows:
+    """Object hallucination (docs/algorithms.md §8) of a policy on held-out (image, objects) rows:
     CHAIR over its descriptions plus yes/no probes about present and absent objects."""
 
     # jobs/iterate.py evaluates every iteration's checkpoint when true.

@@ -1,4 +1,4 @@
-"""Held-out object-hallucination evaluation of one policy (ALGORITHMS.md 8), so a run shows
+"""Held-out object-hallucination evaluation of one policy (docs/algorithms.md §8), so a run shows
 whether hallucination falls from one iteration to the next.
 
 Input: any instruction file (engine.instruction_io) whose rows carry ground-truth `objects`;

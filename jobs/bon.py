@@ -1,4 +1,4 @@
-"""Self-feedback Best-of-N (ALGORITHMS.md 7): the trained policy ranks its own n samples."""
+"""Self-feedback Best-of-N (docs/algorithms.md §7): the trained policy ranks its own n samples."""
 
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (python jobs/bon.py: import the project from the repo root)

@@ -1,4 +1,4 @@
-"""Object-hallucination evaluation (ALGORITHMS.md 8) of one policy on a held-out set."""
+"""Object-hallucination evaluation (docs/algorithms.md §8) of one policy on a held-out set."""
 
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (python jobs/evaluate.py: import the project from the repo root)

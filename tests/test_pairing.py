@@ -1,4 +1,4 @@
-"""ALGORITHMS.md 4 against hand-worked examples, plus brute-force recomputations."""
+"""docs/algorithms.md §4 against hand-worked examples, plus brute-force recomputations."""
 
 import random
 from fractions import Fraction

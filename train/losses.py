@@ -1,4 +1,4 @@
-"""DPO and dense DPO (DDPO) losses: pure functions on log-prob tensors (ALGORITHMS.md 5-6).
+"""DPO and dense DPO (DDPO) losses: pure functions on log-prob tensors (docs/algorithms.md §5-6).
 
 Nothing here knows about models, batches or devices, so every formula is tested against
 hand-computed values. Metric names follow TRL's DPOTrainer so dashboards read the same.
@@ -72,7 +72,7 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     beta: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean of -log sigmoid(h), h = beta * [(pc - rc) - (pr - rr)] (ALGORITHMS.md 5).
+    """Mean of -log sigmoid(h), h = beta * [(pc - rc) - (pr - rr)] (docs/algorithms.md §5).
 
     The reference log-probs are constants: they are detached, so no gradient reaches them
     whatever the caller passes. Metrics are detached batch means under TRL's names:

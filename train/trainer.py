@@ -341,8 +341,8 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     """The policy wrapped by DeepSpeed with AdamW and a warm-up + cosine schedule."""
     import deepspeed
 
-    # The shared-memory all-reduce op is only used for inference and costs a 35-50 s JIT build
-    # on every CPU start (../shared/notes/cpu-stack.md 1b). Patch the module, not its alias.
+    # The shared-memory all-reduce op is only used for inference and costs a slow JIT build on
+    # every CPU start (docs/cpu-stack.md). Patch the module, not its alias.
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed()  # adopts the process group Ray Train set up
     ds_config = _deepspeed_config(train_cfg, bf16)

@@ -1,4 +1,4 @@
-"""Combine (ALGORITHMS.md 4): score = -n_rejected, pairs per instruction, and the policy's
+"""Combine (docs/algorithms.md §4): score = -n_rejected, pairs per instruction, and the policy's
 teacher-forced log-probs of each pair's two answers (the DPO reference, fixed for the
 iteration, so training never holds a second model)."""
 

@@ -1,4 +1,4 @@
-"""Deconfounded sampling (ALGORITHMS.md 1): n answers per instruction from the policy, same
+"""Deconfounded sampling (docs/algorithms.md §1): n answers per instruction from the policy, same
 decoding parameters, each with its own seed derived from (run seed, iteration, id, j).
 sample.confounded_temperatures switches deconfounding off for the ablation."""
 

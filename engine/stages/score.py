@@ -1,4 +1,4 @@
-"""Conquer (ALGORITHMS.md 3): the labeler's p(yes)/p(no) for every question of every answer.
+"""Conquer (docs/algorithms.md §3): the labeler's p(yes)/p(no) for every question of every answer.
 All questions of one instruction go to the backend together: they share the image prefix,
 which the backends compute once. With score.divide_and_conquer = false (an ablation) each
 answer is one question about the whole answer instead."""
