@@ -37,9 +37,17 @@ class OneLineError(click.ClickException):
 
 class Job(click.Command):
     """A command (every job, `config show`) that reports an EngineError as one line, without a
-    traceback: what went wrong is the user's to fix, not a bug."""
+    traceback: what went wrong is the user's to fix, not a bug. Every job also takes
+    --verbose, which is `--set ray.verbose=true`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--verbose"], is_flag=True,
+                                        help="Show Ray Data's own progress tables and the workers' library logs."))
 
     def invoke(self, ctx: click.Context):
+        if ctx.params.pop("verbose", False):
+            ctx.params["overrides"] = (*ctx.params.get("overrides", ()), "ray.verbose=true")
         try:
             return super().invoke(ctx)
         except EngineError as exc:

@@ -101,6 +101,9 @@ class RayConfig(_Strict):
     num_cpus: Count = 0
     # Ray refuses an object store under 75 MiB.
     object_store_mb: Annotated[int, Meta(ge=75)] = 512
+    # Ray Data's own operator tables and progress bars, and the workers' library progress bars
+    # (every job's --verbose). Off: the pass prints its own progress lines instead.
+    verbose: bool = False
 
 
 class ValidateConfig(_Strict):

@@ -30,11 +30,11 @@ def iteration_config(cfg: Config, policy_path: str) -> Config:
     return msgspec.structs.replace(cfg, models=msgspec.structs.replace(models, policy=policy, labeler=labeler))
 
 
-def _generate(cfg: Config, k: int, it_dir: str) -> dict:
+def _generate(cfg: Config, k: int, it_dir: str, echo: Callable[[str], None]) -> dict:
     manifest = join(it_dir, GENERATION_MANIFEST)
     if exists(manifest):
         return read_json(manifest)["summary"]
-    return generate_pairs(cfg, k, it_dir)
+    return generate_pairs(cfg, k, it_dir, echo=echo)
 
 
 def _train(cfg: Config, run: RunDir, k: int, n_pairs: int) -> dict:
@@ -103,7 +103,7 @@ def run_iterations(cfg: Config, allow_config_change: bool = False,
             summary = read_json(summary_url)
         else:
             cfg_k = iteration_config(cfg, policy_path)
-            generation = _generate(cfg_k, k, it_dir)
+            generation = _generate(cfg_k, k, it_dir, echo)
             train = _train(cfg_k, run, k, generation["pairs"])
             summary = {"iteration": k, "policy": policy_path, "generation": generation,
                        "train": {key: value for key, value in train.items() if key != "history"}}

@@ -12,7 +12,7 @@ runs the length-balancing pass and writes the manifest last.
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import msgspec
 import pyarrow as pa
@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from engine.backends import BackendFactory
 from engine.config import Config, ModelConfig, Resources, actor_gpus
-from engine.inputs import read_instruction_dataset
+from engine.inputs import count_instructions, read_instruction_dataset
+from engine.progress import ProgressPrinter, board
 from engine.ray_runtime import check_pools_fit
 from engine.schemas import REJECT_SCHEMA, instruction_stats_schema
 from engine.stages.base import RunContext, StageSpec
@@ -28,6 +29,7 @@ from engine.stages.pair import PairStage
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
 from engine.stages.split import SplitStage
+from engine.stages.validate import STAGE as VALIDATE_STAGE
 from engine.stages.validate import validate_batch
 from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
@@ -106,8 +108,9 @@ def _skip_done(done_ids: frozenset[str]):
     return keep_undone
 
 
-def run_context(cfg: Config, iteration: int) -> RunContext:
-    return RunContext(run_name=cfg.run.name, seed=cfg.run.seed, iteration=iteration, cache_dir=cfg.models.cache_dir)
+def run_context(cfg: Config, iteration: int, progress=None) -> RunContext:
+    return RunContext(run_name=cfg.run.name, seed=cfg.run.seed, iteration=iteration, cache_dir=cfg.models.cache_dir,
+                      progress=progress)
 
 
 def generation_models(cfg: Config, policy: ModelConfig | None = None) -> dict[str, ModelConfig]:
@@ -116,9 +119,9 @@ def generation_models(cfg: Config, policy: ModelConfig | None = None) -> dict[st
 
 
 def plan_generation(cfg: Config, iteration: int, policy: ModelConfig, done_ids: frozenset[str] = frozenset(),
-                    stages: Sequence[StageSpec] = STAGES):
+                    stages: Sequence[StageSpec] = STAGES, progress=None):
     """The lazy Dataset of one generation pass; nothing runs until it is written."""
-    context = run_context(cfg, iteration)
+    context = run_context(cfg, iteration, progress)
     return map_stages(validated_instructions(cfg, context, done_ids), stages, cfg, context,
                       generation_models(cfg, policy))
 
@@ -130,17 +133,26 @@ def done_instruction_ids(out_dir: str, stages: Sequence[StageSpec] = STAGES) -> 
 
 
 def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfig | None = None,
-                   stages: Sequence[StageSpec] = STAGES) -> dict:
+                   stages: Sequence[StageSpec] = STAGES, echo: Callable[[str], None] | None = None) -> dict:
     """Run one generation pass into out_dir (resuming any earlier partial pass there) and
-    return its summary. `generation.json` is written last and marks the pass complete."""
+    return its summary. `generation.json` is written last and marks the pass complete.
+    With `echo`, progress lines (engine.progress) go to it while the pass runs."""
+    from engine.sink import IterationSink
+
     policy = policy or cfg.models.policy
     names = stage_names(stages)
     start = time.perf_counter()
     done = done_instruction_ids(out_dir, stages)
-    ds = plan_generation(cfg, iteration, policy, done, stages)
-    from engine.sink import IterationSink
-
-    ds.write_datasink(IterationSink(out_dir, iteration, policy.path, names))
+    tally = board() if echo else None
+    ds = plan_generation(cfg, iteration, policy, done, stages, tally)
+    sink = IterationSink(out_dir, iteration, policy.path, names)
+    if echo is None:
+        ds.write_datasink(sink)
+    else:
+        total = count_instructions(cfg.input) - len(done)
+        echo(f"generation, iteration {iteration}: {total} instructions" + (f" ({len(done)} done before)" if done else ""))
+        with ProgressPrinter(tally, (VALIDATE_STAGE, *names), total, echo):
+            ds.write_datasink(sink)
     balance = finalize_pairs(out_dir, cfg.pair)
     summary = summarize_generation(
         read_parquet_dir(join(out_dir, "rows"), instruction_stats_schema(names)),

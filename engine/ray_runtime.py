@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from engine.config import ConfigError, RayConfig, Resources
+from engine.progress import QUIET_WORKER_ENV, quiet_ray_data
 
 # A local run (laptop, tests) loads local model directories only: never reach for a hub.
 LOCAL_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -23,14 +25,18 @@ def init_ray(ray_cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = ray_cfg.address or os.environ.get("RAY_ADDRESS")
+    log_level = logging.INFO if ray_cfg.verbose else logging.WARNING
+    if not ray_cfg.verbose:
+        quiet_ray_data()
     if address:
         # A submitted job's runtime_env (working_dir, env vars) is the cluster's; keep it.
-        ray.init(address=address)
+        ray.init(address=address, logging_level=log_level)
     else:
         _started_local = True
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        for key, value in LOCAL_ENV.items():
+        worker_env = {} if ray_cfg.verbose else QUIET_WORKER_ENV
+        for key, value in {**LOCAL_ENV, **worker_env}.items():
             os.environ.setdefault(key, value)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
             # "local": a new cluster even when `ray start` left one on this machine, which a
             # bare ray.init() would join, uncapped and with another job's settings.
@@ -38,7 +44,8 @@ def init_ray(ray_cfg: RayConfig) -> None:
             num_cpus=ray_cfg.num_cpus or None,
             object_store_memory=ray_cfg.object_store_mb * 2**20,
             include_dashboard=False,
-            runtime_env={"env_vars": {key: os.environ[key] for key in LOCAL_ENV}},
+            logging_level=log_level,
+            runtime_env={"env_vars": {key: os.environ[key] for key in (*LOCAL_ENV, *worker_env)}},
         )
 
 

@@ -29,7 +29,7 @@ def main(config_path, overrides, out_dir, iteration):
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "generate")
     init_ray(cfg.ray)
-    summary = generate_pairs(cfg, iteration, out_dir)
+    summary = generate_pairs(cfg, iteration, out_dir, echo=click.echo)
     click.echo(format_summary(summary))
     click.echo(f"pairs written to {join(out_dir, 'pairs')}")
 

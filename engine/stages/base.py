@@ -30,6 +30,13 @@ class RunContext:
     seed: int
     iteration: int
     cache_dir: str
+    # The pass's progress tally (engine.progress.board), when someone is watching.
+    progress: Any = None
+
+    def report(self, stage: str, rows: int) -> None:
+        """Count `rows` instructions through `stage` on the tally, without waiting for it."""
+        if self.progress is not None and rows:
+            self.progress.add.remote(stage, rows)
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,7 @@ class ModelStage:
                 self.process_guarded(live)
         n_out = sum(is_live(row) for row in live)
         self.metrics.add(rows_out=n_out, rejects=len(live) - n_out)
+        self.context.report(self.name, len(rows))
         return to_table(rows)
 
     def process_guarded(self, rows: list[dict]) -> None:

@@ -67,6 +67,7 @@ def validate_batch(batch: pa.Table, cfg: ValidateConfig, context: RunContext | N
         n_live = sum(is_live(row) for row in rows)
         _metrics(context.run_name, context.iteration).add(rows_in=len(rows), rows_out=n_live,
                                                           rejects=len(rows) - n_live)
+        context.report(STAGE, len(rows))
     return to_table(rows)
 
 
