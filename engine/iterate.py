@@ -16,6 +16,8 @@ from engine.pipeline import GENERATION_MANIFEST, generate_pairs
 from engine.preflight import preflight
 from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
+from engine.evaluation_format import format_metrics
+from engine.progress import readable
 from engine.summary import format_summary
 
 
@@ -77,14 +79,14 @@ def format_iteration(summary: dict) -> str:
     lines = [format_summary(summary["generation"], title=f"iteration {summary['iteration']}: generation"),
              f"== iteration {summary['iteration']}: training ==",
              f"  {'steps':<28} {train['steps']}"]
-    lines += [f"  {key:<28} {value}" for key, value in sorted(train.get("metrics", {}).items())]
+    lines += [f"  {key:<28} {readable(value)}" for key, value in sorted(train.get("metrics", {}).items())]
     if train.get("skipped"):
         lines.append(f"  skipped: {train['skipped']}")
     lines.append(f"  {'next policy':<28} {train['model_dir']}")
     for title, metrics in (("policy before", summary.get("eval_initial")), ("policy after", summary.get("eval"))):
         if metrics:
             lines.append(f"== iteration {summary['iteration']}: held-out evaluation, {title} training ==")
-            lines += [f"  {key:<28} {metrics[key]}" for key in EVAL_KEYS if key in metrics]
+            lines += format_metrics(metrics, EVAL_KEYS)
     return "\n".join(lines)
 
 

@@ -42,6 +42,11 @@ def board():
     return ProgressBoard.remote()
 
 
+def readable(value):
+    """A float to four significant digits, for people; anything else as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def progress_line(stage: str, done: int, total: int, seconds: float) -> str:
     rate = done / seconds if seconds > 0 else 0.0
     eta = f"ETA {format_seconds((total - done) / rate)}" if rate and done < total else ""

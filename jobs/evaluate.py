@@ -30,15 +30,14 @@ def main(config_path, overrides, model_path, heldout, out_dir):
     # before Ray starts or any model loads
     preflight(cfg, inputs={"eval.heldout_path": cfg.eval.heldout_path}, models=policy_at(cfg, "--model", model_path))
     from engine.evaluation import evaluate_policy
+    from engine.evaluation_format import format_metrics
     from engine.ray_runtime import init_ray
     from engine.storage import join
 
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "eval")
     init_ray(cfg.ray)
     metrics = evaluate_policy(cfg, model_path or cfg.models.policy.path, out_dir)
-    click.echo("== evaluation ==")
-    for key, value in metrics.items():
-        click.echo(f"  {key:<24} {round(value, 4) if isinstance(value, float) else value}")
+    click.echo("\n".join(["== evaluation ==", *format_metrics(metrics)]))
     click.echo(f"rows and metrics written to {out_dir}")
 
 

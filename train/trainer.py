@@ -39,6 +39,7 @@ from transformers import get_cosine_schedule_with_warmup
 from engine import chat
 from engine.config import Config, TrainConfig
 from engine.metrics import record_train_step
+from engine.progress import format_seconds
 from engine.ray_runtime import init_ray
 from engine.storage import absolute, exists, filesystem, join, read_json, write_json_atomic
 from engine.tiny_models import resolve_model_path
@@ -203,9 +204,10 @@ def _train_worker(spec: dict) -> dict:
         if rank == 0:
             record_train_step(metrics, spec["run"], spec["iteration"])
             # The live view: Ray forwards a worker's stdout to the driver's console.
-            print(f"train step {step + 1}/{plan.total_steps} loss={metrics['loss']:.4f} "
-                  f"accuracy={metrics['rewards/accuracies']:.3f} margin={metrics['rewards/margins']:.4f}",
-                  flush=True)
+            eta = format_seconds((plan.total_steps - step - 1) * metrics["step_seconds"])
+            print(f"train step {step + 1}/{plan.total_steps}  loss {metrics['loss']:.4f}  "
+                  f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:.4f}  "
+                  f"{metrics['step_seconds']:.1f} s/step  ETA {eta}", flush=True)
         last = step + 1 == stop
         if last or (train_cfg.checkpoint_every_steps and (step + 1) % train_cfg.checkpoint_every_steps == 0):
             _save(ds_engine, step + 1, history, plan, metrics)
