@@ -1,6 +1,7 @@
 """The run configuration: msgspec Structs loaded strictly from TOML.
 
-Every default of docs/algorithms.md lives here as a field, not as a constant in code.
+Every default of docs/algorithms.md lives here as a field, not as a constant in code, and every
+field's meaning as its Meta description, the one place `rlaifv config show --explain` reads.
 Decoding is strict: an unknown (misspelt) key, a wrong type or a value outside the range its
 field's annotation allows is an error naming the key and the file. Nothing in a config is ever
 executed. Rules that tie fields together are engine.config_check's.
@@ -8,10 +9,11 @@ executed. Rules that tie fields together are engine.config_check's.
 
 from __future__ import annotations
 
+import inspect
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -35,191 +37,266 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, frozen=T
 
 
 class ModelConfig(_Strict):
-    """One model and how to run it. `path` is a local/fsspec directory or `tiny:<name>`,
-    a random-weight model built offline on demand (see engine.tiny_models)."""
+    """One model of the run and how to load and run it."""
 
-    path: str
-    # A name of engine.backends.BACKENDS. "toy-grammar" is the toy world's rule-based
-    # splitter: it loads no weights, its path is a label.
-    backend: Literal["hf", "vllm", "toy-grammar"] = "hf"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_model_len: AtLeast1 = 2048
-    # hf only: rows per forward when scoring yes/no questions and log-probs (bounds the
-    # memory of the expanded image-prefix caches).
-    batch_size: AtLeast1 = 16
-    # vLLM only: share of GPU memory for weights + KV cache, and tensor parallel degree.
-    gpu_memory_utilization: Share = 0.85
-    tensor_parallel_size: AtLeast1 = 1
+    path: Annotated[str, Meta(description=(
+        "Local directory, fsspec URL (fetched once into models.cache_dir), hub id, or `tiny:<name>`: "
+        "random weights built offline on demand (engine.tiny_models)."))]
+    backend: Annotated[Literal["hf", "vllm", "toy-grammar"], Meta(description=(
+        "Inference backend (engine.backends.BACKENDS): transformers or vLLM. \"toy-grammar\" is the toy "
+        "world's rule-based splitter: it loads no weights and reads path as a label."))] = "hf"
+    dtype: Annotated[Literal["float32", "bfloat16", "float16"], Meta(description=(
+        "Data type the weights are loaded in for inference; training uses train.precision."))] = "float32"
+    max_model_len: Annotated[AtLeast1, Meta(description=(
+        "Most tokens of prompt plus answer; hf shortens the answer budget to fit and refuses a prompt "
+        "that leaves no room."))] = 2048
+    batch_size: Annotated[AtLeast1, Meta(description=(
+        "hf only: rows per forward when scoring yes/no questions and log-probs (bounds the memory of "
+        "the copied image-prefix caches)."))] = 16
+    gpu_memory_utilization: Annotated[Share, Meta(description=(
+        "vllm only: share of GPU memory for weights and KV cache, per engine (Best-of-N halves it when "
+        "policy and reference are two models)."))] = 0.85
+    tensor_parallel_size: Annotated[AtLeast1, Meta(description=(
+        "vllm only: tensor-parallel degree; above 1 the stage's actor gets this many whole GPUs "
+        "(its num_gpus must be 1)."))] = 1
 
 
 class ModelsConfig(_Strict):
-    policy: ModelConfig = ModelConfig(path="tiny:llava")
-    labeler: ModelConfig = ModelConfig(path="tiny:llava")
-    splitter: ModelConfig = ModelConfig(path="tiny:llm")
-    # Self-feedback (RLAIF-V's 12B recipe): iteration k's labeler is iteration k's policy, not
-    # the fixed labeler.path (whose other settings, backend and resources, still apply).
-    labeler_follows_policy: bool = False
-    # Where `tiny:` models are built and cached.
-    cache_dir: str = ".cache/tiny-models"
+    """The models of an iteration, by role."""
+
+    policy: Annotated[ModelConfig, Meta(description=(
+        "The policy: it answers the instructions (docs/algorithms.md §1), gives the pairs' reference "
+        "log-probs and is trained. Iteration k > 0 loads iteration k-1's checkpoint with these settings."
+    ))] = ModelConfig(path="tiny:llava")
+    labeler: Annotated[ModelConfig, Meta(description=(
+        "The MLLM whose p(yes)/p(no) judges each claim's question (docs/algorithms.md §3)."
+    ))] = ModelConfig(path="tiny:llava")
+    splitter: Annotated[ModelConfig, Meta(description=(
+        "The text LLM that splits each answer into claims and yes/no questions (docs/algorithms.md §2)."
+    ))] = ModelConfig(path="tiny:llm")
+    labeler_follows_policy: Annotated[bool, Meta(description=(
+        "Self-feedback (RLAIF-V's 12B recipe): iteration k's labeler is iteration k's policy, not "
+        "labeler.path, whose other settings still apply."))] = False
+    cache_dir: Annotated[str, Meta(description=(
+        "Where `tiny:` models are built and remote models are fetched to."))] = ".cache/tiny-models"
 
 
 class Resources(_Strict):
-    """The actor pool of one stage. Ray autoscales it between min and max actors."""
+    """The Ray resources of one stage: an actor pool Ray Data autoscales between min_actors and
+    max_actors."""
 
-    min_actors: AtLeast1 = 1
-    max_actors: AtLeast1 = 1
-    num_cpus: NonNegative = 1.0
-    # Per actor, or per tensor-parallel rank of a vllm model (see actor_gpus).
-    num_gpus: NonNegative = 0.0
-    # Ray accelerator type (e.g. "A100"): schedules the stage only on such nodes.
-    accelerator_type: str | None = None
-    batch_size: AtLeast1 = 8
+    min_actors: Annotated[AtLeast1, Meta(description=(
+        "Actors the pool keeps; on a local cluster every stage's minimum pool must fit at once."))] = 1
+    max_actors: Annotated[AtLeast1, Meta(description=(
+        "Actors the pool may grow to; at least min_actors."))] = 1
+    num_cpus: Annotated[NonNegative, Meta(description="CPUs per actor.")] = 1.0
+    num_gpus: Annotated[NonNegative, Meta(description=(
+        "GPUs per actor (a fraction shares a GPU), or per tensor-parallel rank of a vllm model "
+        "(see actor_gpus)."))] = 0.0
+    accelerator_type: Annotated[str | None, Meta(description=(
+        "Ray accelerator type (e.g. \"A100\"): schedules the stage only on such nodes; unset: any node."
+    ))] = None
+    batch_size: Annotated[AtLeast1, Meta(description=(
+        "Instruction rows Ray Data hands an actor per call."))] = 8
 
 
 class RunConfig(_Strict):
-    name: str = "smoke"
-    # numpy's seed range: training seeds numpy with it.
-    seed: Annotated[int, Meta(ge=0, le=2**32 - 1)] = 0
-    iterations: AtLeast1 = 2
-    # Local path or fsspec URL; the run lives in <output_dir>/<name>/.
-    output_dir: str = "runs"
+    """Which run this is, where it lives and how many iterations it has."""
+
+    name: Annotated[str, Meta(description=(
+        "The run's directory under output_dir, one path component. A run resumed with another config "
+        "needs a new name or --allow-config-change."))] = "smoke"
+    seed: Annotated[int, Meta(ge=0, le=2**32 - 1, description=(
+        "Root of every derived seed (docs/algorithms.md §1) and of training's; within numpy's seed "
+        "range, as training seeds numpy with it."))] = 0
+    iterations: Annotated[AtLeast1, Meta(description=(
+        "Rounds of generate, then train (RLAIF-V and configs/a100.toml: 4; 2 for the smoke run)."
+    ))] = 2
+    output_dir: Annotated[str, Meta(description=(
+        "Local path or fsspec URL; the run lives in <output_dir>/<name>/."))] = "runs"
 
 
 class InputConfig(_Strict):
     """Instruction rows: id, prompt, and image (bytes) or image_uri; JSONL or Parquet."""
 
-    path: str = "data/smoke/instructions.parquet"
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
-    # Read at most this many rows (0 = all).
-    limit: Count = 0
+    path: Annotated[str, Meta(description=(
+        "The instructions to generate from: a local path or fsspec URL."
+    ))] = "data/smoke/instructions.parquet"
+    format: Annotated[Literal["auto", "jsonl", "parquet"], Meta(description=(
+        "File format; \"auto\" takes it from the name's ending (.jsonl or .parquet)."))] = "auto"
+    limit: Annotated[Count, Meta(description="Read at most this many rows (0 = all).")] = 0
 
 
 class RayConfig(_Strict):
-    # "" joins the cluster named by RAY_ADDRESS (as under `ray job submit`) or starts a local one.
-    address: str = ""
-    # Caps for a local cluster only; a joined cluster keeps its own resources.
-    num_cpus: Count = 0
-    # Ray refuses an object store under 75 MiB.
-    object_store_mb: Annotated[int, Meta(ge=75)] = 512
-    # Ray Data's own operator tables and progress bars, and the workers' library progress bars
-    # (every job's --verbose). Off: the pass prints its own progress lines instead.
-    verbose: bool = False
+    """The Ray cluster the jobs run on."""
+
+    address: Annotated[str, Meta(description=(
+        "\"\" joins the cluster named by RAY_ADDRESS (as under `ray job submit`) or starts a local one."
+    ))] = ""
+    num_cpus: Annotated[Count, Meta(description=(
+        "CPUs of a local cluster (0 = all of this machine's); a joined cluster keeps its own."))] = 0
+    object_store_mb: Annotated[int, Meta(ge=75, description=(
+        "Object store of a local cluster, in MiB; Ray refuses one under 75 MiB."))] = 512
+    verbose: Annotated[bool, Meta(description=(
+        "Show Ray Data's operator tables and progress bars and the workers' library progress bars "
+        "(every job's --verbose). Off: the pass prints its own progress lines."))] = False
 
 
 class ValidateConfig(_Strict):
-    max_image_bytes: AtLeast1 = 20 * 2**20
-    max_image_pixels: AtLeast1 = 40_000_000
-    max_prompt_chars: AtLeast1 = 4000
+    """Limits on input rows: a row past one is diverted to rejects/ with its reason before any
+    model reads it."""
+
+    max_image_bytes: Annotated[AtLeast1, Meta(description=(
+        "Largest encoded image, in bytes (image_too_large)."))] = 20 * 2**20
+    max_image_pixels: Annotated[AtLeast1, Meta(description=(
+        "Most pixels (width x height), read from the header before decoding, so a decompression bomb "
+        "costs nothing (image_too_many_pixels)."))] = 40_000_000
+    max_prompt_chars: Annotated[AtLeast1, Meta(description=(
+        "Longest instruction, in characters (prompt_too_long)."))] = 4000
 
 
 class SampleConfig(_Strict):
     """Deconfounded sampling (docs/algorithms.md §1): n answers, same decoding, different seeds."""
 
-    # Fewer than 2 answers cannot make a pair.
-    n: Annotated[int, Meta(ge=2)] = 10
-    temperature: Temperature = 0.7
-    top_p: Share = 1.0
-    max_new_tokens: AtLeast1 = 512
-    # Ablation "without deconfounding": answer j is decoded at confounded_temperatures[j % len]
-    # instead of `temperature`, so a pair's answers also differ in decoding settings (style).
-    # Empty (the method): every answer of an instruction is decoded alike.
-    confounded_temperatures: list[Temperature] = []
+    n: Annotated[int, Meta(ge=2, description=(
+        "Answers per instruction; fewer than 2 cannot make a pair."))] = 10
+    temperature: Annotated[Temperature, Meta(description="Sampling temperature of every answer.")] = 0.7
+    top_p: Annotated[Share, Meta(description="Nucleus mass of every answer (1 = off).")] = 1.0
+    max_new_tokens: Annotated[AtLeast1, Meta(description="Most tokens per answer.")] = 512
+    confounded_temperatures: Annotated[list[Temperature], Meta(description=(
+        "Ablation \"without deconfounding\": answer j is decoded at confounded_temperatures[j % len] "
+        "instead of temperature. Empty (the method): every answer of an instruction is decoded alike."
+    ))] = []
     resources: Resources = Resources()
 
 
 class SplitConfig(_Strict):
     """Divide (docs/algorithms.md §2): answer -> atomic claims -> yes/no questions."""
 
-    temperature: Temperature = 0.2
-    top_p: Share = 0.9
-    max_new_tokens: AtLeast1 = 256
-    max_claims: AtLeast1 = 16
-    max_claim_chars: AtLeast1 = 200
-    # Unparseable splitter output is retried this many times, then diverted to rejects/.
-    max_retries: Count = 2
-    # An answer with no claim is diverted as `no_claims`: neither scored nor paired (the
-    # released code asks no question about it). true is an ablation only: it then scores 0,
-    # the best score there is, so a vacuous answer beats every answer with one rejected claim.
-    score_claimless_answers: bool = False
+    temperature: Annotated[Temperature, Meta(description="Sampling temperature of the splitter.")] = 0.2
+    top_p: Annotated[Share, Meta(description="Nucleus mass of the splitter.")] = 0.9
+    max_new_tokens: Annotated[AtLeast1, Meta(description=(
+        "Most tokens of the splitter's JSON output; output cut off by it does not parse and is retried."
+    ))] = 256
+    max_claims: Annotated[AtLeast1, Meta(description=(
+        "Claims kept per answer: the output schema allows at most this many."))] = 16
+    max_claim_chars: Annotated[AtLeast1, Meta(description=(
+        "Longest fact or question, in characters, that the output schema allows."))] = 200
+    max_retries: Annotated[Count, Meta(description=(
+        "Unparseable splitter output is re-drawn this many times with fresh seeds, then diverted to "
+        "rejects/ (unparseable_claims)."))] = 2
+    score_claimless_answers: Annotated[bool, Meta(description=(
+        "Ablation only. false (the method): an answer without claims is diverted as no_claims. true "
+        "scores it 0, the best score, so a vacuous answer beats one with a rejected claim."))] = False
     resources: Resources = Resources()
 
 
 class ScoreConfig(_Strict):
     """Conquer (docs/algorithms.md §3): the labeler's p(yes)/p(no) per question."""
 
-    question_suffix: str = " Please answer yes or no."
-    # Ablation "without divide-and-conquer": false asks the labeler one question per answer,
-    # whole_answer_question with {answer} replaced by the answer, instead of one per claim.
-    divide_and_conquer: bool = True
-    whole_answer_question: str = "Is this an accurate description of the image: {answer}"
+    question_suffix: Annotated[str, Meta(description=(
+        "Appended to every question the labeler is asked."))] = " Please answer yes or no."
+    divide_and_conquer: Annotated[bool, Meta(description=(
+        "true (the method): one question per claim. false, the ablation \"without divide-and-conquer\": "
+        "one question per answer, whole_answer_question."))] = True
+    whole_answer_question: Annotated[str, Meta(description=(
+        "The ablation's one question per answer, {answer} replaced by the answer."
+    ))] = "Is this an accurate description of the image: {answer}"
     resources: Resources = Resources()
 
 
 class PairConfig(_Strict):
     """Combine (docs/algorithms.md §4) plus the policy's reference log-probs of each pair."""
 
-    min_score_gap: AtLeast1 = 1
-    pairs_per_instruction: AtLeast1 = 2
-    length_balance: bool = True
-    balance_ratio_step: Annotated[float, Meta(gt=0, lt=1)] = 0.02
+    min_score_gap: Annotated[AtLeast1, Meta(description=(
+        "Two answers pair only when their scores (-1 per rejected claim) differ by at least this."
+    ))] = 1
+    pairs_per_instruction: Annotated[AtLeast1, Meta(description=(
+        "Most pairs per instruction; more are thinned by a seeded draw."))] = 2
+    length_balance: Annotated[bool, Meta(description=(
+        "Drop pairs whose rejected answer is much longer than the chosen one, so DPO does not learn "
+        "that shorter is safer (docs/algorithms.md §4)."))] = True
+    balance_ratio_step: Annotated[float, Meta(gt=0, lt=1, description=(
+        "Step of the grid of length-balancing ratios tried (0, step, 2 x step, ... below 1)."))] = 0.02
     resources: Resources = Resources()
 
 
 class TrainConfig(_Strict):
     """DPO / DDPO (docs/algorithms.md §5-6) run by Ray Train over DeepSpeed."""
 
-    loss: Literal["dpo", "ddpo"] = "dpo"
-    # A published DDPO recipe (TRAIN_PRESETS) setting beta, gamma, ddpo_mask and ddpo_normalise
-    # where the config file and --set leave them unset. The defaults are "rlhfv-released".
-    preset: Literal["", "rlhfv-released", "rlhfv-paper"] = ""
-    beta: Positive = 0.1
-    # DDPO's weight of changed tokens (docs/algorithms.md §6); 1 weighs them as the rest (DPO).
-    gamma: Annotated[float, Meta(ge=1)] = 1.1
-    # DDPO's changed tokens (train/ddpo_masks.py): "released" marks only spans edited on both
-    # sides (the authors' code), "all_edits" every inserted, deleted or replaced token (the paper).
-    ddpo_mask: Literal["released", "all_edits"] = "released"
-    # Divide DDPO's weighted log-prob sum by the weighted length (the paper) or not (the code).
-    ddpo_normalise: bool = False
-    # Weight of an SFT term on the chosen answers (their mean token negative log-likelihood,
-    # TRL's "sft" loss type; RPO, Pang et al. 2024) added to the DPO loss. 0 is the reference
-    # method. It keeps the chosen answers likely while DPO widens the margin, which otherwise
-    # lowers both and moves probability onto text neither answer contains.
-    sft_weight: NonNegative = 0.0
-    learning_rate: Positive = 5e-7
-    weight_decay: NonNegative = 0.01
-    warmup_ratio: Fraction = 0.05
-    epochs: AtLeast1 = 1
-    micro_batch_size: AtLeast1 = 1
-    gradient_accumulation_steps: AtLeast1 = 1
-    # 0 turns gradient clipping off (DeepSpeed's gradient_clipping).
-    max_grad_norm: NonNegative = 1.0
-    max_length: AtLeast1 = 2048
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    precision: Literal["bf16", "fp32"] = "bf16"
-    gradient_checkpointing: bool = True
-    num_workers: AtLeast1 = 1
-    use_gpu: bool = False
-    cpus_per_worker: NonNegative = 1.0
-    accelerator_type: str | None = None
-    # Save a DeepSpeed checkpoint every this many optimizer steps (0 = only at the end).
-    checkpoint_every_steps: Count = 0
+    loss: Annotated[Literal["dpo", "ddpo"], Meta(description=(
+        "\"dpo\" (docs/algorithms.md §5, the method) or \"ddpo\", RLHF-V's dense DPO for corrected pairs "
+        "(§6)."))] = "dpo"
+    preset: Annotated[Literal["", "rlhfv-released", "rlhfv-paper"], Meta(description=(
+        "A published DDPO recipe (§6) setting beta, gamma, ddpo_mask and ddpo_normalise where the config "
+        "and --set leave them unset; the field defaults are \"rlhfv-released\"'s."))] = ""
+    beta: Annotated[Positive, Meta(description=(
+        "DPO's beta (§5): how far the policy may move from the reference; RLAIF-V's value."))] = 0.1
+    gamma: Annotated[float, Meta(ge=1, description=(
+        "DDPO's weight of changed tokens (§6); 1 weighs them as the rest (DPO)."))] = 1.1
+    ddpo_mask: Annotated[Literal["released", "all_edits"], Meta(description=(
+        "DDPO's changed tokens (§6): \"released\" marks only spans edited on both sides (the authors' "
+        "code), \"all_edits\" every inserted, deleted or replaced token (the paper)."))] = "released"
+    ddpo_normalise: Annotated[bool, Meta(description=(
+        "Divide DDPO's weighted log-prob sum by the weighted length (the paper) or not (the code)."
+    ))] = False
+    sft_weight: Annotated[NonNegative, Meta(description=(
+        "Weight of an SFT term, the chosen answers' mean token NLL (TRL's \"sft\", RPO), added to the "
+        "DPO loss (§5); 0 is the method. It keeps the chosen answers likely while DPO widens the margin."
+    ))] = 0.0
+    learning_rate: Annotated[Positive, Meta(description=(
+        "AdamW's peak learning rate, cosine-decayed after the warm-up (§5); RLAIF-V's value."))] = 5e-7
+    weight_decay: Annotated[NonNegative, Meta(description=(
+        "AdamW weight decay of the weight matrices; biases and norms get none."))] = 0.01
+    warmup_ratio: Annotated[Fraction, Meta(description=(
+        "Share of the optimizer steps spent in linear warm-up."))] = 0.05
+    epochs: Annotated[AtLeast1, Meta(description=(
+        "Passes over each iteration's pairs (configs/a100.toml: 4)."))] = 1
+    micro_batch_size: Annotated[AtLeast1, Meta(description="Pairs per worker per forward and backward.")] = 1
+    gradient_accumulation_steps: Annotated[AtLeast1, Meta(description=(
+        "Micro-batches per optimizer step: a step sees micro_batch_size x this x num_workers pairs."))] = 1
+    max_grad_norm: Annotated[NonNegative, Meta(description=(
+        "Gradient clipping norm (DeepSpeed's gradient_clipping); 0 turns clipping off."))] = 1.0
+    max_length: Annotated[AtLeast1, Meta(description=(
+        "Most tokens per sequence; truncation cuts the end of the response, never the prompt."))] = 2048
+    zero_stage: Annotated[Literal[0, 1, 2, 3], Meta(description=(
+        "DeepSpeed ZeRO stage: what is sharded across workers (1 optimizer state, 2 also gradients, "
+        "3 also weights)."))] = 2
+    precision: Annotated[Literal["bf16", "fp32"], Meta(description=(
+        "Training precision on GPU (bf16: DeepSpeed bf16 with fp32 master weights); CPU workers always "
+        "train in fp32."))] = "bf16"
+    gradient_checkpointing: Annotated[bool, Meta(description=(
+        "Recompute activations in the backward pass: less memory for more compute."))] = True
+    num_workers: Annotated[AtLeast1, Meta(description="Ray Train workers (data-parallel ranks).")] = 1
+    use_gpu: Annotated[bool, Meta(description=(
+        "One GPU per worker; false trains on CPU (gloo, fp32)."))] = False
+    cpus_per_worker: Annotated[NonNegative, Meta(description=(
+        "CPUs per worker; a CPU worker runs that many torch threads."))] = 1.0
+    accelerator_type: Annotated[str | None, Meta(description=(
+        "Ray accelerator type (e.g. \"A100\") the workers must run on; unset: any node."))] = None
+    checkpoint_every_steps: Annotated[Count, Meta(description=(
+        "Save a DeepSpeed checkpoint every this many optimizer steps (0 = only at the end)."))] = 0
 
 
 class BonConfig(_Strict):
     """Self-feedback Best-of-N (docs/algorithms.md §7): n samples from the trained policy, ranked by
     r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
 
-    # Model directories or tiny:<name>; "" means models.policy. Both run with models.policy's
-    # backend settings. With both "", every reward is 0 and the first sample wins.
-    policy: str = ""
-    reference: str = ""
-    n: AtLeast1 = 16
-    beta: Positive = 0.1
-    # false ranks by beta * (log-ratio) without 1/T, which favours short answers (comparison).
-    length_normalise: bool = True
-    temperature: Temperature = 0.7
-    top_p: Share = 1.0
-    max_new_tokens: AtLeast1 = 512
+    policy: Annotated[str, Meta(description=(
+        "The trained policy (pi_theta): a model directory or tiny:<name>; \"\" is models.policy, whose "
+        "backend settings both models use."))] = ""
+    reference: Annotated[str, Meta(description=(
+        "The reference (pi_ref), \"\" is models.policy. With both \"\", every reward is 0 and the first "
+        "sample wins."))] = ""
+    n: Annotated[AtLeast1, Meta(description="Samples per input, of which the best is returned.")] = 16
+    beta: Annotated[Positive, Meta(description=(
+        "Scales the reported rewards; it does not change which sample wins."))] = 0.1
+    length_normalise: Annotated[bool, Meta(description=(
+        "Divide the reward by T (the method); false ranks by beta x log-ratio, which favours short "
+        "answers (comparison)."))] = True
+    temperature: Annotated[Temperature, Meta(description="Sampling temperature of the samples.")] = 0.7
+    top_p: Annotated[Share, Meta(description="Nucleus mass of the samples (1 = off).")] = 1.0
+    max_new_tokens: Annotated[AtLeast1, Meta(description="Most tokens per sample.")] = 512
     resources: Resources = Resources()
 
 
@@ -227,26 +304,36 @@ class EvalConfig(_Strict):
     """Object hallucination (docs/algorithms.md §8) of a policy on held-out (image, objects) rows:
     CHAIR over its descriptions plus yes/no probes about present and absent objects."""
 
-    # jobs/iterate.py evaluates every iteration's checkpoint when true.
-    enabled: bool = False
-    heldout_path: str = "data/smoke/heldout.parquet"
-    format: Literal["auto", "jsonl", "parquet"] = "auto"
-    # Evaluate at most this many rows (0 = all).
-    limit: Count = 0
-    prompt: str = "Describe the image in detail."
-    temperature: Temperature = 0.0
-    max_new_tokens: AtLeast1 = 512
-    # Yes/no probes per image: half (rounded up) on listed objects, as many as the image has,
-    # the rest on objects it lacks. {object} becomes the name with its article ("an apple").
-    probes_per_image: Count = 4
-    probe_question: str = "Is there {object} in the image? Please answer yes or no."
-    # Groups of data/vocab/objects.json ("scenes", "coco"); empty: the groups that name the
-    # held-out set's objects.
-    vocabulary: list[str] = []
-    resources: Resources = Resources()
+    enabled: Annotated[bool, Meta(description=(
+        "jobs/iterate.py evaluates the initial policy and every iteration's checkpoint."))] = False
+    heldout_path: Annotated[str, Meta(description=(
+        "Held-out rows (an image and its ground-truth objects): a local path or fsspec URL."
+    ))] = "data/smoke/heldout.parquet"
+    format: Annotated[Literal["auto", "jsonl", "parquet"], Meta(description=(
+        "File format; \"auto\" takes it from the name's ending (.jsonl or .parquet)."))] = "auto"
+    limit: Annotated[Count, Meta(description="Evaluate at most this many rows (0 = all).")] = 0
+    prompt: Annotated[str, Meta(description=(
+        "The instruction each held-out image is described under."))] = "Describe the image in detail."
+    temperature: Annotated[Temperature, Meta(description=(
+        "Sampling temperature of the descriptions; 0 (greedy) makes them reproducible."))] = 0.0
+    max_new_tokens: Annotated[AtLeast1, Meta(description="Most tokens per description.")] = 512
+    probes_per_image: Annotated[Count, Meta(description=(
+        "Yes/no probes per image: half (rounded up) on listed objects, as many as the image has, the "
+        "rest on objects it lacks."))] = 4
+    probe_question: Annotated[str, Meta(description=(
+        "A probe; {object} becomes the name with its article (\"an apple\")."
+    ))] = "Is there {object} in the image? Please answer yes or no."
+    vocabulary: Annotated[list[str], Meta(description=(
+        "Groups of data/vocab/objects.json (\"scenes\", \"coco\"); empty: the groups that name the "
+        "held-out set's objects."))] = []
+    resources: Annotated[Resources, Meta(description=(
+        "The one Ray task that loads the evaluated policy; only num_cpus, num_gpus and accelerator_type "
+        "apply."))] = Resources()
 
 
 class Config(_Strict):
+    """The run configuration, one section per table of the TOML file."""
+
     run: RunConfig = RunConfig()
     input: InputConfig = InputConfig()
     ray: RayConfig = RayConfig()
@@ -333,10 +420,15 @@ def _readable(message: str, data: dict) -> str:
     value, field = data, msgspec.inspect.type_info(Config)
     for name, index in _KEY_STEP.findall(match["key"]):
         if index:
-            value, field = value[int(index)], field.item_type
+            value, field = value[int(index)], _bare(field.item_type)
         else:
-            value, field = value[name], next(f.type for f in field.fields if f.name == name)
+            value, field = value[name], _bare(next(f.type for f in field.fields if f.name == name))
     return f"{match['key']} = {value!r} is out of range: must be {_range(field)}"
+
+
+def _bare(kind: msgspec.inspect.Type) -> msgspec.inspect.Type:
+    """A field's type without the Metadata wrapper that its description puts around it."""
+    return kind.type if isinstance(kind, msgspec.inspect.Metadata) else kind
 
 
 def _range(field: msgspec.inspect.IntType | msgspec.inspect.FloatType) -> str:
@@ -400,3 +492,55 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return repr(value)
+
+
+class KeyDoc(NamedTuple):
+    """One key of a config as `rlaifv config show --explain` prints it."""
+
+    key: str  # dotted, e.g. sample.resources.num_gpus
+    value: Any  # None for a table, or a key left unset
+    allowed: str  # type and range or choices, e.g. "int >= 2"; "" for a table
+    description: str
+    table: bool
+
+
+def config_keys(config: Config) -> list[KeyDoc]:
+    """Every key of `config`, tables included, in file order. A key's meaning is its field's Meta
+    description or, for a table without one, its Struct's docstring: written once, where the
+    field is defined."""
+    return list(_key_docs(msgspec.inspect.type_info(type(config)), config, ""))
+
+
+def _key_docs(struct: msgspec.inspect.StructType, value: msgspec.Struct, prefix: str):
+    for field in struct.fields:
+        key, kind, child = prefix + field.name, _bare(field.type), getattr(value, field.name)
+        if isinstance(kind, msgspec.inspect.StructType):
+            yield KeyDoc(key, None, "", _description(field.type), table=True)
+            yield from _key_docs(kind, child, key + ".")
+        else:
+            yield KeyDoc(key, child, _allowed(kind), _description(field.type), table=False)
+
+
+def _description(kind: msgspec.inspect.Type) -> str:
+    if isinstance(kind, msgspec.inspect.Metadata) and "description" in (kind.extra_json_schema or {}):
+        return kind.extra_json_schema["description"]
+    if isinstance(kind, msgspec.inspect.StructType):
+        return inspect.cleandoc(kind.cls.__doc__ or "")
+    return ""
+
+
+def _allowed(kind: msgspec.inspect.Type) -> str:
+    """The values a field's type allows, in words: "int >= 2", "one of "hf", "vllm"", "bool"."""
+    if isinstance(kind, msgspec.inspect.LiteralType):
+        return "one of " + ", ".join(_toml_value(v) for v in kind.values)
+    if isinstance(kind, (msgspec.inspect.IntType, msgspec.inspect.FloatType)):
+        name = "int" if isinstance(kind, msgspec.inspect.IntType) else "float"
+        bounded = any(bound is not None for bound in (kind.ge, kind.gt, kind.le, kind.lt))
+        return f"{name} {_range(kind)}" if bounded else name
+    if isinstance(kind, msgspec.inspect.ListType):
+        return "list of " + _allowed(kind.item_type)
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return " or ".join(_allowed(_bare(member)) for member in kind.types)
+    if isinstance(kind, msgspec.inspect.NoneType):
+        return "unset"
+    return type(kind).__name__.removesuffix("Type").lower()

@@ -7,7 +7,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from engine.config import Config, ConfigError, config_from_dict, config_to_dict, config_to_toml, load_config, parse_override
+from engine.config import (Config, ConfigError, config_from_dict, config_keys, config_to_dict, config_to_toml, load_config,
+                           parse_override)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -57,6 +58,23 @@ def test_every_field_round_trips_through_toml():
     cfg = load_config(REPO / "configs" / "smoke.toml", ["train.accelerator_type=A100", "sample.resources.num_gpus=0.5"])
     assert config_from_dict(config_to_dict(cfg)) == cfg
     assert config_from_dict(tomllib.loads(config_to_toml(cfg))) == cfg
+
+
+def _dotted_keys(data: dict, prefix: str = ""):
+    for key, value in data.items():
+        yield prefix + key
+        if isinstance(value, dict):
+            yield from _dotted_keys(value, f"{prefix}{key}.")
+
+
+def test_every_key_has_a_description():
+    # A key added without Meta(description=...) fails here; a table may describe itself by its
+    # Struct's docstring. Every key of the config, nested tables included, is checked.
+    docs = config_keys(Config())
+    assert [doc.key for doc in docs] == list(_dotted_keys(config_to_dict(Config())))
+    assert {"sample.resources.num_gpus", "models.policy.backend", "eval.resources"} <= {doc.key for doc in docs}
+    undocumented = [doc.key for doc in docs if not doc.description.strip()]
+    assert not undocumented, f"config keys without a description: {undocumented}"
 
 
 def test_every_shipped_config_loads():
