@@ -7,7 +7,7 @@ import importlib.util
 
 import click
 
-from engine.config import config_to_toml, load_config
+from engine.config import config_explained, config_to_toml, load_config
 from engine.errors import EngineError
 
 # Shared by every job: the config file and its --set overrides.
@@ -17,7 +17,7 @@ config_option = click.option(
     type=click.Path(dir_okay=False),
     default="configs/smoke.toml",
     show_default=True,
-    help="TOML run config (see configs/ and engine/config.py for every key).",
+    help="TOML run config (see configs/; `rlaifv config show --explain` explains every key).",
 )
 set_option = click.option(
     "--set",
@@ -86,9 +86,12 @@ def config() -> None:
 @config.command("show", cls=Job)
 @config_option
 @set_option
-def config_show(config_path: str, overrides: tuple[str, ...]) -> None:
-    """Print the complete config (every key, defaults filled in) after overrides."""
-    click.echo(config_to_toml(load_config(config_path, overrides)), nl=False)
+@click.option("--explain", is_flag=True,
+              help="Print every key with its value, allowed values and meaning instead of TOML.")
+def config_show(config_path: str, overrides: tuple[str, ...], explain: bool) -> None:
+    """Print the complete config (every key, defaults filled in) after overrides, as TOML."""
+    cfg = load_config(config_path, overrides)
+    click.echo(config_explained(cfg) if explain else config_to_toml(cfg), nl=False)
 
 
 @main.group()

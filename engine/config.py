@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import textwrap
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
@@ -544,3 +545,25 @@ def _allowed(kind: msgspec.inspect.Type) -> str:
     if isinstance(kind, msgspec.inspect.NoneType):
         return "unset"
     return type(kind).__name__.removesuffix("Type").lower()
+
+
+# Columns of `config show --explain`: where the allowed values start, and the wrap width.
+_ALLOWED_COLUMN = 44
+_WIDTH = 96
+
+
+def config_explained(config: Config) -> str:
+    """Every key with its value, allowed values and meaning, grouped by table, for a terminal."""
+    out = []
+    for doc in config_keys(config):
+        if doc.table:
+            out += ["", f"[{doc.key}]", *_wrapped(doc.description, "  ")]
+            continue
+        setting = f"  {doc.key} = {'(unset)' if doc.value is None else _toml_value(doc.value)}"
+        out += [f"{setting:<{_ALLOWED_COLUMN}}  {doc.allowed}", *_wrapped(doc.description, "      ")]
+    return "\n".join(out).lstrip("\n") + "\n"
+
+
+def _wrapped(text: str, indent: str) -> list[str]:
+    return textwrap.wrap(text, _WIDTH, initial_indent=indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from engine.cli import JOBS, main
+from engine.config import Config, config_keys, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,3 +42,30 @@ def test_config_show_and_errors():
     bad = runner.invoke(main, ["config", "show", "--set", "sample.tempature=1"])
     assert bad.exit_code == 1 and bad.output.startswith("error: ") and "tempature" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_config_show_round_trips_through_load_config(tmp_path):
+    overrides = ["--set", "sample.n=3", "--set", "train.accelerator_type=A100"]
+    shown = CliRunner().invoke(main, ["config", "show", *overrides])
+    assert shown.exit_code == 0, shown.output
+    path = tmp_path / "shown.toml"
+    path.write_text(shown.output)
+    assert load_config(path) == load_config(REPO / "configs" / "smoke.toml", ["sample.n=3", "train.accelerator_type=A100"])
+
+
+def test_config_show_explain_prints_every_key_with_its_range_and_meaning():
+    shown = CliRunner().invoke(main, ["config", "show", "--explain", "--set", "sample.n=3"])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    words = " ".join(shown.output.split())
+    for doc in config_keys(Config()):
+        head = f"[{doc.key}]" if doc.table else f"{doc.key} = "
+        line = next((line for line in lines if line.strip().startswith(head)), None)
+        assert line is not None, f"no line for {doc.key}"
+        assert doc.allowed in line
+        assert " ".join(doc.description.split()) in words  # wrapped, but every word there
+    line = {line.split(" = ")[0].strip(): line for line in lines if " = " in line}
+    assert line["sample.n"].split()[2:] == ["3", "int", ">=", "2"]
+    assert "(0, 1]" in line["sample.top_p"]
+    assert all(f'"{name}"' in line["models.policy.backend"] for name in ("hf", "vllm", "toy-grammar"))
+    assert "(unset)" in line["train.accelerator_type"]
