@@ -36,6 +36,15 @@ TRAIN_GAUGES: dict[str, tuple[str, str]] = {
 }
 TRAIN_COUNTERS: dict[str, str] = {"train_steps": "optimizer steps done (rate() = steps/s)"}
 
+# Ray Data's own per-operator gauges (ray.data._internal.stats exports each OpRuntimeMetrics
+# actor field as `data_<field>`, tagged dataset and operator = "MapBatches(<Stage>)..."), by
+# Prometheus name: the dashboard's actors-per-pool panels read them next to the engine's rates.
+RAY_DATA_GAUGES: dict[str, str] = {
+    "ray_data_num_alive_actors": "alive actors of an operator's pool",
+    "ray_data_num_pending_actors": "actors asked for and not yet placed (waiting for a node)",
+    "ray_data_num_restarting_actors": "actors restarting after their node or process died",
+}
+
 
 def metric_name(name: str) -> str:
     return f"rlaifv_{name}"
