@@ -262,9 +262,8 @@ def test_generation_scales_a100_workers_from_zero_and_back(cluster, reference_pa
     idle = wait_for_no_workers(cluster)
     timing("workers gone after the job", idle)
     # A pool grew past one actor while the pass ran (Ray's actor table and Ray Data's gauge).
-    if max(c["sample"] for c in watched.actors) <= 1:
-        pytest.xfail("sampling (seconds of compute for 16 rows) ended before a new node and actor were up; "
-                     "a longer input is needed here (cluster/README.md)")
+    # Not yet seen here: the pass ends before a second node and actor are up (cluster/README.md).
+    assert max(c["sample"] for c in watched.actors) > 1, watched.actors
     assert max(d.get("sample", 0) for d in watched.data_actors) > 1, watched.data_actors
 
 
