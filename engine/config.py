@@ -129,7 +129,8 @@ class SplitConfig(_Strict):
 
     temperature: Temperature = 0.2
     top_p: Share = 0.9
-    max_new_tokens: AtLeast1 = 256
+    # Must hold max_claims claims of max_claim_chars characters (engine.config_check).
+    max_new_tokens: AtLeast1 = 2048
     max_claims: AtLeast1 = 16
     max_claim_chars: AtLeast1 = 200
     # Unparseable splitter output is retried this many times, then diverted to rejects/.
