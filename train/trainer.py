@@ -35,6 +35,7 @@ from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 from transformers import get_cosine_schedule_with_warmup
+from transformers.integrations import HfDeepSpeedConfig
 
 from engine import chat
 from engine.config import Config, TrainConfig
@@ -349,11 +350,14 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed()  # adopts the process group Ray Train set up
     ds_config = _deepspeed_config(train_cfg, bf16)
-    # Each worker loads the whole model, which ZeRO then partitions (stage 3: the parameters
-    # too) at initialize. Loading straight into partitions (transformers' HfDeepSpeedConfig)
-    # needs the accelerate package, which the pinned stack does not have.
+    # ZeRO-3 partitions the parameters: while an HfDeepSpeedConfig of this config is alive
+    # (transformers holds a weak reference), from_pretrained builds the model inside
+    # deepspeed.zero.Init and each worker loads only its partition, never the whole model.
+    # Stages 0-2 keep every parameter on every worker and load it whole.
+    zero3_loading = HfDeepSpeedConfig(ds_config) if train_cfg.zero_stage == 3 else None
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = model_class.from_pretrained(init_dir, dtype=torch.float32)
+    del zero3_loading  # loading is done; transformers' other ZeRO-3 paths (resizing) stay off
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
