@@ -1,5 +1,6 @@
 """The CLI: every job's --help explains its options, and config errors are one clear line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,3 +42,12 @@ def test_config_show_and_errors():
     bad = runner.invoke(main, ["config", "show", "--set", "sample.tempature=1"])
     assert bad.exit_code == 1 and bad.output.startswith("error: ") and "tempature" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_the_default_config_is_found_from_any_working_directory(tmp_path):
+    # The package imported from the checkout, run elsewhere, as an installed `rlaifv` is.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "config", "show"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'name = "smoke"' in out.stdout and 'path = "tiny:llm"' in out.stdout
