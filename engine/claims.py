@@ -43,6 +43,20 @@ def claims_json_schema(max_claims: int, max_chars: int) -> dict:
     }
 
 
+# Characters per token of a Llama-3-class tokenizer on English prose, for sizing the token
+# budget of a split; a tokenizer that packs fewer characters per token needs a larger budget.
+CHARS_PER_TOKEN = 4
+
+
+def claims_token_estimate(max_claims: int, max_chars: int) -> int:
+    """Tokens of the longest output the schema admits (max_claims claims whose fact and question
+    are max_chars characters each, as compact JSON) at CHARS_PER_TOKEN characters per token:
+    the budget under which no split is cut off before its JSON closes."""
+    empty = len('{"claims":[]}')
+    per_claim = 2 * max_chars + len('{"fact":"","question":""},')
+    return -(-(empty + max_claims * per_claim) // CHARS_PER_TOKEN)
+
+
 def splitter_prompt(instruction: str, answer: str) -> str:
     """The user message for the splitter LLM: one instruction and one answer to it."""
     return (

@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from pathlib import Path
 
 import click
 
 from engine.config import config_explained, config_to_toml, load_config
 from engine.errors import EngineError
 
+# The embedded default, found from the package rather than the working directory, so that
+# `rlaifv` runs from anywhere: configs/ of the checkout the engine package is imported from
+# (an editable install, as the Makefile, the cluster image and the launcher configs make).
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "smoke.toml"
+
 # Shared by every job: the config file and its --set overrides.
 config_option = click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    default="configs/smoke.toml",
-    show_default=True,
+    default=str(DEFAULT_CONFIG),
+    show_default="configs/smoke.toml of the rlaifv checkout",
     help="TOML run config (see configs/; `rlaifv config show --explain` explains every key).",
 )
 set_option = click.option(

@@ -177,8 +177,9 @@ class SplitConfig(_Strict):
     temperature: Annotated[Temperature, Meta(description="Sampling temperature of the splitter.")] = 0.2
     top_p: Annotated[Share, Meta(description="Nucleus mass of the splitter.")] = 0.9
     max_new_tokens: Annotated[AtLeast1, Meta(description=(
-        "Most tokens of the splitter's JSON output; output cut off by it does not parse and is retried."
-    ))] = 256
+        "Most tokens of the splitter's JSON output; output cut off by it does not parse and is retried. "
+        "Preflight refuses a budget below max_claims claims of max_claim_chars characters."
+    ))] = 2048
     max_claims: Annotated[AtLeast1, Meta(description=(
         "Claims kept per answer: the output schema allows at most this many."))] = 16
     max_claim_chars: Annotated[AtLeast1, Meta(description=(

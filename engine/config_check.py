@@ -4,6 +4,8 @@ cannot express. check_config runs in every job's preflight, before Ray starts or
 from __future__ import annotations
 
 from engine import hallucination as hal
+from engine.backends import WEIGHT_BACKENDS
+from engine.claims import CHARS_PER_TOKEN, claims_token_estimate
 from engine.config import Config, EvalConfig, ModelConfig, Resources
 from engine.errors import ConfigError
 from engine.sampling import SamplingParams
@@ -19,6 +21,7 @@ def check_config(cfg: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"eval: {exc}") from None
     check_eval(cfg.eval)
+    check_split_budget(cfg)
 
 
 def check_stages(cfg: Config) -> None:
@@ -65,6 +68,21 @@ def check_tensor_parallel(stage: str, resources: Resources, model_key: str, mode
             f"{stage}.resources.num_gpus = {resources.num_gpus} must be 1 when {model_key}.tensor_parallel_size = "
             f"{model_cfg.tensor_parallel_size}: it is the GPUs per tensor-parallel rank, and the actor gets "
             "num_gpus x tensor_parallel_size")
+
+
+def check_split_budget(cfg: Config) -> None:
+    """A splitter LLM's token budget must hold the longest claim list the schema admits: a list
+    cut off by split.max_new_tokens does not parse, is re-drawn and finally diverted, so long
+    answers would lose their pairs. Rule-based splitters (no tokens) are exempt."""
+    split = cfg.split
+    if cfg.models.splitter.backend not in WEIGHT_BACKENDS:
+        return
+    needed = claims_token_estimate(split.max_claims, split.max_claim_chars)
+    if split.max_new_tokens < needed:
+        raise ConfigError(
+            f"split.max_new_tokens = {split.max_new_tokens} cannot hold split.max_claims = {split.max_claims} "
+            f"claims of split.max_claim_chars = {split.max_claim_chars} characters (fact and question each): "
+            f"about {needed} tokens of JSON at {CHARS_PER_TOKEN} characters per token; raise it or lower those")
 
 
 def check_eval(eval_cfg: EvalConfig) -> None:

@@ -4,18 +4,17 @@ seconds with the key that set it. Every job runs `preflight` first."""
 from __future__ import annotations
 
 import os
-import re
 from typing import Mapping
 
 import msgspec
 
+from engine import hub
 from engine.backends import WEIGHT_BACKENDS
 from engine.config import Config, ModelConfig
 from engine.config_check import check_config
 from engine.errors import PreflightError
 from engine.storage import exists
 
-_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 GENERATION_ROLES = ("policy", "labeler", "splitter")
 
 
@@ -48,14 +47,16 @@ def policy_at(cfg: Config, option: str, path: str | None) -> dict[str, ModelConf
 
 def check_model_path(key: str, model: ModelConfig) -> None:
     """A model path that weights load from must be a tiny: model, an existing local/fsspec
-    directory, or (when the hub is allowed) a hub id such as `llava-hf/llava-1.5-7b-hf`."""
+    directory, or a hub id such as `llava-hf/llava-1.5-7b-hf`: any when the hub is allowed,
+    one the Hugging Face cache holds when it is not (HF_HUB_OFFLINE)."""
     path = model.path
     if model.backend not in WEIGHT_BACKENDS or path.startswith("tiny:") or _exists(key, path):
         return
     hub_allowed = os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false")
-    if _HUB_ID.match(path) and hub_allowed and not path.startswith((".", "/")):
+    if hub.is_hub_id(path) and (hub_allowed or hub.is_cached(path)):
         return
-    raise PreflightError(f"{key} {path!r} does not exist" + ("" if hub_allowed else " (hub access is off)"))
+    raise PreflightError(f"{key} {path!r} does not exist"
+                         + ("" if hub_allowed else " (hub access is off and the Hugging Face cache lacks it)"))
 
 
 def _exists(key: str, path: str) -> bool:

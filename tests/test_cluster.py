@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -77,7 +78,23 @@ def test_launcher_yaml_has_cpu_head_and_a100_workers_from_zero(path):
         assert node_type["max_workers"] <= raw["max_workers"], name
     head_start = " ".join(raw["head_start_ray_commands"])
     assert "--dashboard-port=8265" in head_start and "--dashboard-host=0.0.0.0" in head_start
-    assert any("pip install" in command and "[vllm]" in command for command in raw["setup_commands"])
+    assert any("pip install" in command and "--no-deps -r \"$HOME/rlaifv/requirements-gpu-lock.txt\"" in command
+               for command in raw["setup_commands"])
+
+
+def test_the_gpu_lock_pins_vllm_and_every_project_dependency_within_its_range():
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "requirements-gpu-lock.txt").read_text().splitlines()
+    pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+    pins = {canonicalize_name(name): version for name, version in pins.items()}
+    assert pins["vllm"] == "0.33.0"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for requirement in map(Requirement, project):
+        name = canonicalize_name(requirement.name)
+        assert name in pins and requirement.specifier.contains(pins[name]), (requirement, pins.get(name))
+    assert "--no-deps -r /home/ray/rlaifv/requirements-gpu-lock.txt" in (CLUSTER / "Dockerfile").read_text()
 
 
 def test_kuberay_raycluster_autoscales_a100_workers():

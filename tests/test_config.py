@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_defaults_are_the_reference_values():
     cfg = Config()
     assert (cfg.sample.n, cfg.sample.temperature, cfg.sample.top_p, cfg.sample.max_new_tokens) == (10, 0.7, 1.0, 512)
-    assert (cfg.split.temperature, cfg.split.top_p, cfg.split.max_new_tokens) == (0.2, 0.9, 256)
+    assert (cfg.split.temperature, cfg.split.top_p, cfg.split.max_new_tokens) == (0.2, 0.9, 2048)
     assert cfg.score.question_suffix == " Please answer yes or no."
     assert (cfg.pair.min_score_gap, cfg.pair.pairs_per_instruction) == (1, 2)
     assert (cfg.train.beta, cfg.train.learning_rate, cfg.train.weight_decay, cfg.train.warmup_ratio) == (0.1, 5e-7, 0.01, 0.05)

@@ -11,8 +11,9 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
-from engine.config import (Config, EvalConfig, ModelConfig, ModelsConfig, Resources, SampleConfig, actor_gpus,
-                           load_config)
+from engine.claims import claims_token_estimate
+from engine.config import (Config, EvalConfig, ModelConfig, ModelsConfig, Resources, SampleConfig, SplitConfig,
+                           actor_gpus, load_config)
 from engine.config_check import check_config
 from engine.errors import ConfigError, EngineError, InputError, PreflightError
 from engine.preflight import check_model_path, preflight
@@ -83,6 +84,16 @@ def test_eval_settings_are_checked_with_the_config():
         check_config(_smoke('eval.probe_question="Is it there?"'))
     with pytest.raises(ConfigError, match=r"eval\.vocabulary"):
         check_config(_smoke('eval.vocabulary=["imagenet"]'))
+
+
+def test_the_split_budget_must_hold_the_longest_claim_list_of_a_splitter_llm():
+    # The defaults: 16 claims x (2 x 200 + 26) + 13 characters of JSON at 4 per token.
+    assert claims_token_estimate(16, 200) == 1708 <= Config().split.max_new_tokens
+    with pytest.raises(ConfigError, match=r"split\.max_new_tokens = 1707 .* about 1708 tokens"):
+        check_config(Config(split=SplitConfig(max_new_tokens=1707)))
+    check_config(Config(split=SplitConfig(max_new_tokens=1708)))
+    rule_based = ModelsConfig(splitter=ModelConfig(path="toy:scene-grammar", backend="toy-grammar"))
+    check_config(Config(models=rule_based, split=SplitConfig(max_new_tokens=1)))
 
 
 def test_check_config_is_fast_and_loads_no_model_library():

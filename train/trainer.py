@@ -35,6 +35,7 @@ from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 from transformers import get_cosine_schedule_with_warmup
+from transformers.integrations import HfDeepSpeedConfig
 
 from engine import chat
 from engine.config import Config, TrainConfig
@@ -86,7 +87,7 @@ def train_dpo(
     max_steps: int | None = None,
     iteration: int = 0,
 ) -> TrainResult:
-    """Train `init_model` (a model dir or tiny:<name>) on the pair shards in `pairs_dir`.
+    """Train `init_model` (a model dir or URL, hub id or tiny:<name>) on the pair shards in `pairs_dir`.
 
     resume=True continues from the latest checkpoint under out_dir (or returns the finished
     result); resume=False deletes out_dir's checkpoints, model and result first.
@@ -105,9 +106,8 @@ def train_dpo(
         return finished
     started = time.perf_counter()
     train_cfg = cfg.train
-    init_dir = resolve_model_path(init_model, cfg.models.cache_dir)
-    if Path(init_dir).is_dir():  # a local directory, not a hub id
-        init_dir = absolute(init_dir)
+    if Path(init_model).is_dir():  # a local directory, not a hub id or tiny: name
+        init_model = absolute(init_model)
     init_ray(cfg.ray)
     dataset = read_pair_dataset(pairs_dir)
     storage_path, storage_fs = _ray_storage(out_dir)
@@ -119,7 +119,8 @@ def train_dpo(
         train_loop_config={
             "train": train_cfg,  # a msgspec Struct: it pickles as it is
             "seed": cfg.run.seed,
-            "init_dir": init_dir,
+            "init_model": init_model,
+            "cache_dir": absolute(cfg.models.cache_dir),
             "model_url": join(out_dir, MODEL_DIR),
             "max_steps": max_steps,
             "run": cfg.run.name,
@@ -184,8 +185,11 @@ def _train_worker(spec: dict) -> dict:
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY))
     plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
                      train_cfg.epochs, seed)
-    processor = AutoProcessor.from_pretrained(spec["init_dir"])
-    ds_engine = _deepspeed_engine(train_cfg, spec["init_dir"], plan,
+    # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
+    # once: the same directory is loaded here and read again by the export.
+    init_dir = resolve_model_path(spec["init_model"], spec["cache_dir"])
+    processor = AutoProcessor.from_pretrained(init_dir)
+    ds_engine = _deepspeed_engine(train_cfg, init_dir, plan,
                                   bf16=train_cfg.precision == "bf16" and device.type == "cuda",
                                   multimodal=chat.is_multimodal(processor))
     float_dtype = torch.bfloat16 if ds_engine.bfloat16_enabled() else torch.float32
@@ -215,7 +219,7 @@ def _train_worker(spec: dict) -> dict:
             ray.train.report(metrics)
     finished = stop == plan.total_steps
     if finished:
-        export_model(ds_engine, spec["init_dir"], spec["model_url"])
+        export_model(ds_engine, init_dir, spec["model_url"])
     return {
         "model_dir": spec["model_url"] if finished else None,
         "steps": stop,
@@ -348,11 +352,14 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
     deepspeed.init_distributed()  # adopts the process group Ray Train set up
     ds_config = _deepspeed_config(train_cfg, bf16)
-    # Each worker loads the whole model, which ZeRO then partitions (stage 3: the parameters
-    # too) at initialize. Loading straight into partitions (transformers' HfDeepSpeedConfig)
-    # needs the accelerate package, which the pinned stack does not have.
+    # ZeRO-3 partitions the parameters: while an HfDeepSpeedConfig of this config is alive
+    # (transformers holds a weak reference), from_pretrained builds the model inside
+    # deepspeed.zero.Init and each worker loads only its partition, never the whole model.
+    # Stages 0-2 keep every parameter on every worker and load it whole.
+    zero3_loading = HfDeepSpeedConfig(ds_config) if train_cfg.zero_stage == 3 else None
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = model_class.from_pretrained(init_dir, dtype=torch.float32)
+    del zero3_loading  # loading is done; transformers' other ZeRO-3 paths (resizing) stay off
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False

