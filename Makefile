@@ -6,7 +6,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
-export RAY_AUTH_MODE = disabled
 export VLLM_CPU_KVCACHE_SPACE = 1
 export PIP_DISABLE_PIP_VERSION_CHECK = 1
 

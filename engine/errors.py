@@ -16,3 +16,7 @@ class InputError(EngineError):
 
 class PreflightError(EngineError):
     """A path or setting checked before Ray starts or any model loads is unusable."""
+
+
+class CheckpointError(EngineError):
+    """A checkpoint that cannot be restored safely; the message names the file."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 
 from engine.config import ConfigError, RayConfig, Resources
 from engine.progress import QUIET_WORKER_ENV, quiet_ray_data
@@ -33,10 +34,10 @@ def init_ray(ray_cfg: RayConfig) -> None:
         ray.init(address=address, logging_level=log_level)
     else:
         _started_local = True
+        _lock_down_local_ray()
         worker_env = {} if ray_cfg.verbose else QUIET_WORKER_ENV
         for key, value in {**LOCAL_ENV, **worker_env}.items():
             os.environ.setdefault(key, value)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
             # "local": a new cluster even when `ray start` left one on this machine, which a
             # bare ray.init() would join, uncapped and with another job's settings.
@@ -47,6 +48,22 @@ def init_ray(ray_cfg: RayConfig) -> None:
             logging_level=log_level,
             runtime_env={"env_vars": {key: os.environ[key] for key in (*LOCAL_ENV, *worker_env)}},
         )
+
+
+def _lock_down_local_ray() -> None:
+    """Any process that reaches a Ray port can run code as this job's user, so the local Ray
+    listens on loopback only and wants a token. Ray's single-machine mode (its default on macOS)
+    gives the node IP 127.0.0.1, from which every Ray server binds loopback; the token is new
+    per run and passed in the environment, which only this user's processes can read. A local
+    ray.init() turns token auth on itself unless RAY_AUTH_MODE says otherwise."""
+    from ray._private import ray_constants
+
+    if os.environ.get("RAY_AUTH_MODE", "token") != "token":
+        raise ConfigError(f"RAY_AUTH_MODE={os.environ['RAY_AUTH_MODE']}: the local Ray always runs with token "
+                          "authentication; unset RAY_AUTH_MODE")
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # for Ray's own processes
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read the variable when it imported ray
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
 
 
 def check_pools_fit(pools: dict[str, Resources]) -> None:

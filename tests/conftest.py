@@ -5,7 +5,6 @@ import os
 for _key, _value in {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
-    "RAY_AUTH_MODE": "disabled",
     "VLLM_CPU_KVCACHE_SPACE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",

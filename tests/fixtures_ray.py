@@ -11,12 +11,16 @@ With `worker_types` the head runs Ray's autoscaler on the fake multi-node provid
 autoscaler (a child of the head, so in the head's process group, whose end is theirs).
 Ray's AutoscalingCluster does the same but runs `ray stop --force` and reads an example.yaml
 the wheel does not ship, hence the config written here.
+
+Like a job's local Ray (engine/ray_runtime.py) it wants its own token: clients run with
+RayHead.env. Without worker nodes it also binds loopback only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -44,6 +48,7 @@ class RayHead:
     address: str  # GCS address, for RAY_ADDRESS
     metrics_port: int
     dashboard_url: str | None  # the job submission server, when the dashboard runs
+    env: dict[str, str]  # what a client (driver, `ray job submit`) adds to its environment
     pgid: int  # the process group of every process the head started, worker nodes' included
     temp_dir: str  # logs under session_latest/logs (monitor.log: the autoscaler's decisions)
 
@@ -76,6 +81,9 @@ def ray_head(dashboard: bool = False, env: dict[str, str] | None = None, num_cpu
     temp_dir = tempfile.mkdtemp(prefix="rayh-", dir="/tmp")  # short: unix socket paths <= 107 bytes
     log_path = Path(temp_dir) / "ray-start.log"
     env = dict(env or {})
+    auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    if not worker_types:  # Ray's single-machine mode: every server on loopback (no other node may join)
+        auth_env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     command = [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                f"--metrics-export-port={metrics_port}", f"--dashboard-agent-listen-port={free_port()}",
                f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
@@ -90,7 +98,7 @@ def ray_head(dashboard: bool = False, env: dict[str, str] | None = None, num_cpu
         command.append(f"--autoscaling-config={config_path}")
         env = {"RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", **env}
     with open(log_path, "w") as log:
-        head = subprocess.Popen(command, env={**os.environ, "RAY_AUTH_MODE": "disabled", **env},
+        head = subprocess.Popen(command, env={**os.environ, **auth_env, **env},
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -98,7 +106,7 @@ def ray_head(dashboard: bool = False, env: dict[str, str] | None = None, num_cpu
             assert head.poll() is None and time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.5)
         yield RayHead(f"127.0.0.1:{port}", metrics_port, f"http://127.0.0.1:{dashboard_port}" if dashboard else None,
-                      head.pid, temp_dir)
+                      auth_env, head.pid, temp_dir)
     finally:
         # Workers run in process groups of their own: taken by id from the process tree first.
         started = _descendants(head.pid)

@@ -77,7 +77,7 @@ def test_launcher_yaml_has_cpu_head_and_a100_workers_from_zero(path):
         assert node_type["resources"]["accelerator_type:A100"] == 1, name
         assert node_type["max_workers"] <= raw["max_workers"], name
     head_start = " ".join(raw["head_start_ray_commands"])
-    assert "--dashboard-port=8265" in head_start and "--dashboard-host=0.0.0.0" in head_start
+    assert "--dashboard-port=8265" in head_start and "--dashboard-host=127.0.0.1" in head_start
     assert any("pip install" in command and "--no-deps -r \"$HOME/rlaifv/requirements-gpu-lock.txt\"" in command
                for command in raw["setup_commands"])
 
@@ -97,6 +97,16 @@ def test_the_gpu_lock_pins_vllm_and_every_project_dependency_within_its_range():
     assert "--no-deps -r /home/ray/rlaifv/requirements-gpu-lock.txt" in (CLUSTER / "Dockerfile").read_text()
 
 
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_launcher_yaml_starts_every_node_with_token_authentication(path):
+    raw = _load(path)
+    token_path = "RAY_AUTH_TOKEN_PATH=$HOME/.ray/auth_token"
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        [start] = [command for command in raw[key] if "ray start" in command]
+        assert "RAY_AUTH_MODE=token" in start and token_path in start, key
+    assert raw["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
+
+
 def test_kuberay_raycluster_autoscales_a100_workers():
     cluster = _load(CLUSTER / "kuberay" / "raycluster.yaml")
     assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
@@ -110,6 +120,16 @@ def test_kuberay_raycluster_autoscales_a100_workers():
     assert worker["resources"]["GPU"] == 8
     assert worker["resources"]["accelerator_type:A100"] == 1
     assert (worker["min_workers"], worker["max_workers"]) == (0, group["maxReplicas"])
+
+
+def test_kuberay_raycluster_wants_a_token():
+    spec = _load(CLUSTER / "kuberay" / "raycluster.yaml")["spec"]
+    assert spec["authOptions"] == {"mode": "token"}
+
+
+def test_dockerfile_runs_as_a_non_root_user():
+    users = re.findall(r"^USER\s+(\S+)", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE)
+    assert users and users[-1] not in ("root", "0")
 
 
 def test_kuberay_rayjob_runs_iterate_on_the_raycluster():

@@ -227,10 +227,11 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_runs_pairs_and_summaries
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_main_job_on_a_local_cluster(tmp_path, model_cache):
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
-    env.pop("RAY_ADDRESS", None)
+    path = f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
     # The entrypoint's `python` is found on the head's PATH, as on a cluster node: this venv's.
-    with ray_head(dashboard=True, env={"PATH": env["PATH"]}) as head:
+    with ray_head(dashboard=True, env={"PATH": path}) as head:
+        env = {**os.environ, **head.env, "PATH": path}  # `ray job submit` sends the head's token
+        env.pop("RAY_ADDRESS", None)
         submit = [str(bin_dir / "ray"), "job", "submit", f"--address={head.dashboard_url}", "--working-dir", ".",
                   "--", "python", "jobs/iterate.py", "--config", "configs/smoke.toml",
                   *job_args(tmp_path, model_cache)[2:]]

@@ -41,7 +41,7 @@ def _has_metrics_agent() -> bool:
 def ray_head():
     # Workers report metrics every second (default 10 s): a short wait for /metrics.
     with start_ray_head(env={"RAY_metrics_report_interval_ms": "1000"}) as head:
-        yield head.address, head.metrics_port
+        yield head
 
 
 def _scrape(metrics_port: int) -> list:
@@ -69,8 +69,8 @@ def _wait_for(metrics_port: int, names: set[str], timeout: float = 40) -> list:
 @pytest.mark.skipif(not _has_metrics_agent(), reason="Ray's metrics agent needs ray[default] ("
                     + ", ".join(AGENT_MODULES) + "), which is not installed")
 def test_smoke_generation_exports_engine_and_training_metrics(ray_head, model_cache, tmp_path):
-    address, metrics_port = ray_head
-    env = {**os.environ, "RAY_ADDRESS": address}
+    metrics_port = ray_head.metrics_port
+    env = {**os.environ, **ray_head.env, "RAY_ADDRESS": ray_head.address}
     generate = subprocess.run(
         [sys.executable, "jobs/generate.py", "--set", "input.limit=2", "--set", "sample.n=2",
          "--set", f"run.output_dir={tmp_path}", "--set", f"models.cache_dir={model_cache}"],

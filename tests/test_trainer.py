@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,36 @@ def test_resume_from_the_mid_run_checkpoint_matches_an_uninterrupted_run(baselin
     assert resumed.history[:2] == stopped.history
     assert losses(resumed) == pytest.approx(losses(baseline), abs=CURVE_TOLERANCE)
     assert_same_weights(resumed.model_dir, baseline.model_dir, WEIGHT_TOLERANCE)
+
+
+class _CreatesMarker:
+    """Unpickled, it creates `marker`: a stand-in for code in a file swapped into a run bucket."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.fixture(scope="module")
+def two_step_run(ray_local, model_cache, pairs_dir, tmp_path_factory):
+    """A run stopped after 2 steps with its checkpoint saved, as a crash leaves it."""
+    out = tmp_path_factory.mktemp("two-steps")
+    train_dpo(config(model_cache), pairs_dir, "tiny:llava", str(out), resume=False, max_steps=2)
+    return out
+
+
+@pytest.mark.parametrize("name", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_resume_refuses_a_checkpoint_file_that_pickles_code(name, two_step_run, model_cache, pairs_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(two_step_run, run)  # Ray Train's snapshot names its checkpoints relative to the run
+    [target] = (run / "ds_checkpoint").rglob(name)
+    marker = tmp_path / "marker"
+    torch.save({"module": _CreatesMarker(marker)}, target)
+    with pytest.raises(Exception, match=f"refusing to resume from \\S*{name}: it pickles io.open"):
+        train_dpo(config(model_cache), pairs_dir, "tiny:llava", str(run), resume=True)
+    assert not marker.exists()
 
 
 @pytest.mark.slow

@@ -392,8 +392,10 @@ def _restore(ds_engine, plan) -> tuple[int, list[dict]]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return 0, []
+    from train.safe_checkpoint import load_deepspeed_checkpoint  # imports deepspeed, as the engine's build does
+
     with checkpoint.as_directory() as directory:
-        _, client_state = ds_engine.load_checkpoint(directory)
+        client_state = load_deepspeed_checkpoint(ds_engine, directory)
     if client_state is None:
         raise RuntimeError(f"the checkpoint in {checkpoint.path} holds no DeepSpeed state")
     if client_state["plan"] != asdict(plan):
