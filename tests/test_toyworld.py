@@ -18,8 +18,8 @@ from engine.preflight import check_model_path
 from engine.scenes import DESCRIBE, SceneObject, describe
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
-from engine.toyworld.sft_data import examples, noisy_description
-from engine.toyworld.train_policy import train_policy
+from toyworld.sft_data import examples, noisy_description
+from toyworld.train_policy import train_policy
 
 REPO = Path(__file__).resolve().parent.parent
 TOYWORLD = REPO / "configs" / "toyworld.toml"
@@ -157,7 +157,7 @@ def test_toyworld_generation_pass_splits_with_the_grammar(ray_local, tmp_path, m
 
 @pytest.mark.slow
 def test_toyworld_runs_one_iteration_end_to_end(ray_local, tmp_path, model_cache):
-    from engine.toyworld.run import acceptance, format_table, run_seed, seed_config
+    from toyworld.run import acceptance, format_table, run_seed, seed_config
 
     cfg = seed_config(toyworld_config(tmp_path, model_cache, "run.iterations=1", "train.epochs=1"), 0)
     metrics, _ = run_seed(cfg, echo=lambda _: None)

@@ -26,8 +26,8 @@ import re
 from PIL import Image
 
 from engine.backends.base import Completion, Prompt, SamplingParams
-from engine.toyworld import TOY_PREFIX
-from engine.toyworld.grammar import existence_fact, existence_question, mentioned_objects, outside_grammar
+from toyworld import TOY_PREFIX
+from toyworld.grammar import existence_fact, existence_question, mentioned_objects, outside_grammar
 
 SCENE_GRAMMAR = TOY_PREFIX + "scene-grammar"
 

@@ -1,13 +1,13 @@
 """Train the toy policy from scratch on synthetic scenes, deterministically on CPU.
 
 Supervised next-token training on scene descriptions, some misnaming an object, and clean
-yes/no existence questions (engine.toyworld.sft_data), in phases: descriptions first (they
+yes/no existence questions (toyworld.sft_data), in phases: descriptions first (they
 teach the model to see the cells), then yes/no questions on scenes of one, two and up to four
 objects (a model that has not yet learned to compare one object with the question does not
 learn to search several). The result samples descriptions that name objects the scene lacks
 but answers yes/no about them well.
 
-    python -m engine.toyworld.train_policy --seed 0 --out models/toy-policy
+    python -m toyworld.train_policy --seed 0 --out models/toy-policy
 
 made the committed models/toy-policy (2,200 steps of 32 examples, 1 thread: 6 min 48 s on a
 2-core CPU; re-run on 2026-11-23, it wrote a model.safetensors byte-identical to the committed one). Measured on the 200 held-out scenes
@@ -28,8 +28,8 @@ import click
 import torch
 
 from engine import chat
-from engine.toyworld.model import build_toy_llava
-from engine.toyworld.sft_data import examples
+from toyworld.model import build_toy_llava
+from toyworld.sft_data import examples
 
 # (optimizer steps, at most this many objects per scene, share of descriptions in a batch,
 #  share of those descriptions that misname one object)
