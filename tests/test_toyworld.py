@@ -19,16 +19,17 @@ from engine.scenes import DESCRIBE, SceneObject, describe
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
 from toyworld.sft_data import examples, noisy_description
+from toyworld.splitter import SceneGrammarSplitter
 from toyworld.train_policy import train_policy
 
 REPO = Path(__file__).resolve().parent.parent
 TOYWORLD = REPO / "configs" / "toyworld.toml"
-GRAMMAR = ModelConfig(path="toy:scene-grammar")
+GRAMMAR = ModelConfig(path="scene-grammar", backend="toy-grammar")
 SCENE = (SceneObject("red", "circle", "top left"), SceneObject("orange", "star", "center"))
 
 
 def split(answer: str, max_claims: int = 16) -> list:
-    splitter = make_backend(GRAMMAR, cache_dir="unused")
+    splitter = SceneGrammarSplitter(GRAMMAR.path, GRAMMAR)
     schema = claims_json_schema(max_claims, 64)
     (text,) = splitter.generate_json([splitter_prompt(DESCRIBE, answer)], schema, SamplingParams(), [0])
     return parse_claims(text, max_claims)
@@ -55,10 +56,10 @@ def test_grammar_splitter_diverts_sentences_outside_the_grammar(answer):
     assert len(split(describe(SCENE), max_claims=1)) == 1
 
 
-def test_toy_models_are_named_and_checked():
-    check_model_path("splitter", "toy:scene-grammar")  # preflight lets it through
-    with pytest.raises(ValueError, match="unknown toy model"):
-        make_backend(ModelConfig(path="toy:nope"), cache_dir="unused")
+def test_the_grammar_splitter_is_the_backend_named_toy_grammar():
+    # needs the backend table: preflight lets the name through, make_backend finds the class
+    check_model_path("splitter", GRAMMAR.path)
+    assert isinstance(make_backend(GRAMMAR, cache_dir="unused"), SceneGrammarSplitter)
 
 
 def test_noisy_descriptions_misname_one_object():
@@ -104,7 +105,8 @@ class _RecordingBackend:
 
 
 def _stage(stage_class, *args):
-    stage = stage_class(GRAMMAR, *args)  # the grammar splitter loads instantly; replaced below
+    # needs the backend table; the grammar splitter loads instantly and is replaced below
+    stage = stage_class(GRAMMAR, *args)
     stage.backend = _RecordingBackend()
     return stage
 
@@ -134,15 +136,16 @@ def test_whole_answer_scoring_asks_one_question_per_answer():
 
 
 def test_toyworld_config_loads_with_the_committed_policy():
-    cfg = load_config(TOYWORLD)
+    cfg = load_config(TOYWORLD)  # needs the backend table (config's backend names)
     assert cfg.models.policy.path == cfg.models.labeler.path == "models/toy-policy"
+    assert cfg.models.splitter.backend == "toy-grammar"
     assert (REPO / cfg.models.policy.path / "model.safetensors").is_file()
     assert cfg.eval.enabled and (REPO / cfg.eval.heldout_path).is_file() and (REPO / cfg.input.path).is_file()
 
 
 def toyworld_config(tmp_path, model_cache, *extra):
     """configs/toyworld.toml cut down to a few rows and short answers."""
-    return load_config(TOYWORLD, [
+    return load_config(TOYWORLD, [  # needs the backend table
         f'run.output_dir="{tmp_path}"', f'models.cache_dir="{model_cache}"', "input.limit=3", "sample.n=3",
         "sample.max_new_tokens=24", "eval.limit=3", "eval.max_new_tokens=24", *extra])
 
