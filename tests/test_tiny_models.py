@@ -29,8 +29,8 @@ from transformers import (
 
 from engine import tiny_models, vocabulary
 from engine.tiny_models import (
-    IMAGE_TOKENS_PER_IMAGE,
     YES_NO_WORDS,
+    ModelSizes,
     build_tiny_llm,
     build_tiny_mllm,
     build_tokenizer,
@@ -191,7 +191,7 @@ def test_processor_expands_one_image_marker_to_the_patch_tokens(mllm, red_image)
     assert prompt.count("<image>") == 1
     input_ids = processor(images=red_image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-    assert input_ids.count(image_id) == IMAGE_TOKENS_PER_IMAGE == 16
+    assert input_ids.count(image_id) == ModelSizes().image_tokens == 16
     assert input_ids.count(processor.tokenizer.bos_token_id) == 1
     # Rendering and processing in one call (the image given in the message) agrees.
     question = IMAGE_QUESTION[0]["content"][1]

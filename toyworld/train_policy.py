@@ -28,7 +28,8 @@ import click
 import torch
 
 from engine import chat
-from toyworld.model import build_toy_llava
+from engine.tiny_models import build_llava
+from toyworld.model import TOY_SIZES
 from toyworld.sft_data import examples
 
 # (optimizer steps, at most this many objects per scene, share of descriptions in a batch,
@@ -47,7 +48,7 @@ def first_phase_schedule(steps: int):
 def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32, log=print) -> Path:
     """Train and save the model directory (weights, config, processor) to `out`."""
     torch.manual_seed(seed)
-    model, processor = build_toy_llava(seed)
+    model, processor = build_llava(TOY_SIZES, seed)
     model.train()
     rng = random.Random(seed)
     start, step = time.perf_counter(), 0
