@@ -9,12 +9,8 @@ but answers yes/no about them well.
 
     python -m toyworld.train_policy --seed 0 --out models/toy-policy
 
-made the committed models/toy-policy (2,200 steps of 32 examples, 1 thread: 6 min 48 s on a
-2-core CPU; re-run on 2026-11-23, it wrote a model.safetensors byte-identical to the committed one). Measured on the 200 held-out scenes
-(engine.evaluation, eval settings of configs/toyworld.toml):
-  sampled at temperature 1.0:  CHAIR_s 0.385, CHAIR_i 0.180, 21.9 words
-  sampled at temperature 0.7:  CHAIR_s 0.185, CHAIR_i 0.077
-  yes/no probes:               accuracy 0.968, F1 0.971 (near-miss absent objects: 0.947)
+made the committed models/toy-policy (README.md has its held-out figures). A re-run repeats
+its bytes only on a CPU whose kernels round as the training machine's did.
 """
 
 from __future__ import annotations
@@ -85,7 +81,7 @@ def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads (the weights depend on it only through float rounding).")
 def main(seed: int, out: str, threads: int) -> None:
-    """Train the toy policy (see the module docstring for the measured result)."""
+    """Train the toy policy and save it to --out."""
     torch.set_num_threads(threads)
     train_policy(seed, out, log=click.echo)
 
