@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerFast,
 )
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from engine import vocabulary
 from engine.hub import is_hub_id, snapshot
@@ -71,12 +73,33 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
 )
 
-# Vision geometry: (32 / 8)^2 = 16 patches per image; the CLS token is dropped ("default").
-IMAGE_SIZE = 32
-PATCH_SIZE = 8
-IMAGE_TOKENS_PER_IMAGE = (IMAGE_SIZE // PATCH_SIZE) ** 2
 # Covers the default max_model_len of engine.config.ModelConfig.
 MAX_POSITIONS = 2048
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """The shape of a built model, so tiny:llava and the toy world's policy come from one
+    builder. The defaults are the tiny models'; the Llama LM uses only the text fields."""
+
+    # Heads are 64 wide (hidden // 64 of them, 1 KV head), as vLLM's CPU attention needs (>= 32).
+    text_hidden: int = 128
+    text_layers: int = 2
+    # 5x the usual 0.02: with the default the next-token distribution barely depends on the
+    # question, so a random labeler would accept every claim and the smoke run make no pairs.
+    initializer_range: float = 0.1
+    vision_hidden: int = 64
+    image_size: int = 32
+    patch_size: int = 8
+    vision_feature_layer: int = -2
+    image_mean: tuple[float, ...] = tuple(OPENAI_CLIP_MEAN)
+    image_std: tuple[float, ...] = tuple(OPENAI_CLIP_STD)
+
+    @property
+    def image_tokens(self) -> int:
+        """Patches per image; the CLS token is dropped ("default" feature strategy)."""
+        return (self.image_size // self.patch_size) ** 2
+
 
 TINY_PREFIX = "tiny:"
 
@@ -136,34 +159,30 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _text_config(tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    # 2 heads over 128 dims with 1 KV head: head_dim 64, as vLLM's CPU attention needs (>= 32).
+def _text_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=sizes.text_hidden,
+        intermediate_size=2 * sizes.text_hidden,
+        num_hidden_layers=sizes.text_layers,
+        num_attention_heads=sizes.text_hidden // 64,
         num_key_value_heads=1,
         max_position_embeddings=MAX_POSITIONS,
-        # 5x the usual 0.02: with the default the next-token distribution barely depends on the
-        # question, so a random labeler would accept every claim and the smoke run make no pairs.
-        initializer_range=0.1,
+        initializer_range=sizes.initializer_range,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
 
 
-def _save_seeded_model(
+def _seeded_model(
     model_class: type[PreTrainedModel],
     config: PreTrainedConfig,
     tokenizer: PreTrainedTokenizerFast,
     seed: int,
-    out: Path,
-) -> None:
-    """Initialise from `seed` (leaving the caller's global RNG alone) and save, with a
-    generation config that makes generate() stop on </s>."""
+) -> PreTrainedModel:
+    """Initialise from `seed`, leaving the caller's global RNG alone, with a generation config
+    that makes generate() stop on </s>."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
@@ -172,7 +191,7 @@ def _save_seeded_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    model.save_pretrained(out)
+    return model
 
 
 def _rename_vision_keys_for_vllm(weights: Path) -> None:
@@ -188,39 +207,48 @@ def _rename_vision_keys_for_vllm(weights: Path) -> None:
     save_file(renamed, weights, metadata={"format": "pt"})
 
 
-def build_tiny_mllm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
-    """A LLaVA MLLM (CLIP vision tower + Llama LM) with its processor; returns out_dir."""
-    out = Path(out_dir)
+def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A randomly initialised LLaVA (CLIP vision tower + Llama LM) of `sizes`, from `seed`, and
+    its processor, in memory: tiny:llava saves it as built, the toy world trains it first."""
     tokenizer = build_tokenizer()
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
+            hidden_size=sizes.vision_hidden,
+            intermediate_size=2 * sizes.vision_hidden,
             num_hidden_layers=2,
             num_attention_heads=2,
-            image_size=IMAGE_SIZE,
-            patch_size=PATCH_SIZE,
-            projection_dim=64,
+            image_size=sizes.image_size,
+            patch_size=sizes.patch_size,
+            projection_dim=sizes.vision_hidden,
         ),
-        text_config=_text_config(tokenizer),
+        text_config=_text_config(tokenizer, sizes),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=IMAGE_TOKENS_PER_IMAGE,
+        image_seq_length=sizes.image_tokens,
         vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
+        vision_feature_layer=sizes.vision_feature_layer,
     )
-    _save_seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed, out)
-    _rename_vision_keys_for_vllm(out / "model.safetensors")
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
-            size={"shortest_edge": IMAGE_SIZE},
-            crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+            size={"shortest_edge": sizes.image_size},
+            crop_size={"height": sizes.image_size, "width": sizes.image_size},
+            image_mean=list(sizes.image_mean),
+            image_std=list(sizes.image_std),
         ),
         tokenizer=tokenizer,
-        patch_size=PATCH_SIZE,
+        patch_size=sizes.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
         chat_template=CHAT_TEMPLATE,
     )
+    return _seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed), processor
+
+
+def build_tiny_mllm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """tiny:llava, a LLaVA MLLM with its processor, saved for vLLM too; returns out_dir."""
+    out = Path(out_dir)
+    model, processor = build_llava(ModelSizes(), seed)
+    model.save_pretrained(out)
+    _rename_vision_keys_for_vllm(out / "model.safetensors")
     processor.save_pretrained(out)
     return out
 
@@ -229,7 +257,8 @@ def build_tiny_llm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """A Llama text LM (the claim splitter) with the shared tokenizer; returns out_dir."""
     out = Path(out_dir)
     tokenizer = build_tokenizer()
-    _save_seeded_model(LlamaForCausalLM, _text_config(tokenizer), tokenizer, seed, out)
+    model = _seeded_model(LlamaForCausalLM, _text_config(tokenizer, ModelSizes()), tokenizer, seed)
+    model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
 

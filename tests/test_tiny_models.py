@@ -29,8 +29,8 @@ from transformers import (
 
 from engine import tiny_models, vocabulary
 from engine.tiny_models import (
-    IMAGE_TOKENS_PER_IMAGE,
     YES_NO_WORDS,
+    ModelSizes,
     build_tiny_llm,
     build_tiny_mllm,
     build_tokenizer,
@@ -191,7 +191,7 @@ def test_processor_expands_one_image_marker_to_the_patch_tokens(mllm, red_image)
     assert prompt.count("<image>") == 1
     input_ids = processor(images=red_image, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
     image_id = processor.tokenizer.convert_tokens_to_ids("<image>")
-    assert input_ids.count(image_id) == IMAGE_TOKENS_PER_IMAGE == 16
+    assert input_ids.count(image_id) == ModelSizes().image_tokens == 16
     assert input_ids.count(processor.tokenizer.bos_token_id) == 1
     # Rendering and processing in one call (the image given in the message) agrees.
     question = IMAGE_QUESTION[0]["content"][1]
@@ -234,7 +234,7 @@ def test_resolve_builds_once_even_when_raced(tmp_path, monkeypatch):
 def test_resolve_names_seeds_and_passthrough(mllm_dir, model_cache):
     assert resolve_model_path("tiny:llava@0", model_cache) == mllm_dir
     assert Path(mllm_dir).is_absolute() and (Path(mllm_dir) / "processor_config.json").is_file()
-    for other in ("llava-hf/llava-1.5-7b-hf", "/models/labeler", "file:///models/labeler"):
+    for other in ("/models/labeler", "file:///models/labeler"):  # hub ids: tests/test_hub.py
         assert resolve_model_path(other, model_cache) == other
     for bad in ("tiny:gpt", "tiny:llava@x", "tiny:llava@-1", "tiny:llava@", "tiny:"):
         with pytest.raises(ValueError, match=r"known: tiny:llava\[@<seed>\], tiny:llm\[@<seed>\]"):

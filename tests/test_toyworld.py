@@ -16,19 +16,21 @@ from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, s
 from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
 from engine.preflight import check_model_path
 from engine.scenes import DESCRIBE, SceneObject, describe
+from engine.stages.base import RunContext
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
-from engine.toyworld.sft_data import examples, noisy_description
-from engine.toyworld.train_policy import train_policy
+from toyworld.sft_data import examples, noisy_description
+from toyworld.splitter import SceneGrammarSplitter
+from toyworld.train_policy import train_policy
 
 REPO = Path(__file__).resolve().parent.parent
 TOYWORLD = REPO / "configs" / "toyworld.toml"
-GRAMMAR = ModelConfig(path="toy:scene-grammar")
+GRAMMAR = ModelConfig(path="scene-grammar", backend="toy-grammar")
 SCENE = (SceneObject("red", "circle", "top left"), SceneObject("orange", "star", "center"))
 
 
 def split(answer: str, max_claims: int = 16) -> list:
-    splitter = make_backend(GRAMMAR, cache_dir="unused")
+    splitter = SceneGrammarSplitter(GRAMMAR.path, GRAMMAR)
     schema = claims_json_schema(max_claims, 64)
     (text,) = splitter.generate_json([splitter_prompt(DESCRIBE, answer)], schema, SamplingParams(), [0])
     return parse_claims(text, max_claims)
@@ -55,10 +57,9 @@ def test_grammar_splitter_diverts_sentences_outside_the_grammar(answer):
     assert len(split(describe(SCENE), max_claims=1)) == 1
 
 
-def test_toy_models_are_named_and_checked():
-    check_model_path("models.splitter.path", ModelConfig(path="toy:scene-grammar", backend="toy-grammar"))  # a label
-    with pytest.raises(ValueError, match="unknown toy model"):
-        make_backend(ModelConfig(path="toy:nope"), cache_dir="unused")
+def test_the_grammar_splitter_is_the_backend_named_toy_grammar():
+    check_model_path("models.splitter.path", GRAMMAR)  # a label: preflight checks no path
+    assert isinstance(make_backend(GRAMMAR, cache_dir="unused"), SceneGrammarSplitter)
 
 
 def test_noisy_descriptions_misname_one_object():
@@ -103,28 +104,26 @@ class _RecordingBackend:
         return [(0.6, 0.4)] * len(questions)
 
 
-def _stage(stage_class, *args):
-    stage = stage_class(GRAMMAR, *args)  # the grammar splitter loads instantly; replaced below
-    stage.backend = _RecordingBackend()
-    return stage
+def _stage(stage_class, cfg):
+    context = RunContext(run_name="run", seed=0, iteration=0, cache_dir="unused")
+    return stage_class(cfg=cfg, context=context, backends={"policy": _RecordingBackend})
 
 
 def test_confounded_sampling_decodes_answers_at_their_own_temperature():
     cfg = SampleConfig(n=5, confounded_temperatures=[0.5, 1.5])
-    stage = _stage(SampleStage, cfg, "unused", "run", 0, 0)
+    stage = _stage(SampleStage, cfg)
     row = {"id": "x", "prompt": DESCRIBE, "image": None}
     stage.process([row])
     seeds = stage.answer_seeds("x")
     assert stage.backend.calls == [(0.5, [seeds[0::2]]), (1.5, [seeds[1::2]])]
     assert row["answers"] == [f"t{[0.5, 1.5][j % 2]} s{s}" for j, s in enumerate(seeds)]
-    deconfounded = _stage(SampleStage, SampleConfig(n=3, temperature=0.7), "unused", "run", 0, 0)
+    deconfounded = _stage(SampleStage, SampleConfig(n=3, temperature=0.7))
     deconfounded.process([dict(row)])
     assert [t for t, _ in deconfounded.backend.calls] == [0.7]
 
 
 def test_whole_answer_scoring_asks_one_question_per_answer():
-    stage = _stage(ScoreStage, ScoreConfig(divide_and_conquer=False, whole_answer_question="Right? {answer}"),
-                   "unused", "run", 0)
+    stage = _stage(ScoreStage, ScoreConfig(divide_and_conquer=False, whole_answer_question="Right? {answer}"))
     row = {"answers": ["A red circle.", "Nothing.", "Cut off"], "questions": [["q1", "q2"], [], None], "image": None}
     stage.process([row])
     assert stage.backend.calls == [["Right? A red circle. Please answer yes or no.",
@@ -136,6 +135,7 @@ def test_whole_answer_scoring_asks_one_question_per_answer():
 def test_toyworld_config_loads_with_the_committed_policy():
     cfg = load_config(TOYWORLD)
     assert cfg.models.policy.path == cfg.models.labeler.path == "models/toy-policy"
+    assert cfg.models.splitter.backend == "toy-grammar"
     assert (REPO / cfg.models.policy.path / "model.safetensors").is_file()
     assert cfg.eval.enabled and (REPO / cfg.eval.heldout_path).is_file() and (REPO / cfg.input.path).is_file()
 
@@ -157,7 +157,7 @@ def test_toyworld_generation_pass_splits_with_the_grammar(ray_local, tmp_path, m
 
 @pytest.mark.slow
 def test_toyworld_runs_one_iteration_end_to_end(ray_local, tmp_path, model_cache):
-    from engine.toyworld.run import acceptance, format_table, run_seed, seed_config
+    from toyworld.run import acceptance, format_table, run_seed, seed_config
 
     cfg = seed_config(toyworld_config(tmp_path, model_cache, "run.iterations=1", "train.epochs=1"), 0)
     metrics, _ = run_seed(cfg, echo=lambda _: None)

@@ -1,20 +1,16 @@
 """Train the toy policy from scratch on synthetic scenes, deterministically on CPU.
 
 Supervised next-token training on scene descriptions, some misnaming an object, and clean
-yes/no existence questions (engine.toyworld.sft_data), in phases: descriptions first (they
+yes/no existence questions (toyworld.sft_data), in phases: descriptions first (they
 teach the model to see the cells), then yes/no questions on scenes of one, two and up to four
 objects (a model that has not yet learned to compare one object with the question does not
 learn to search several). The result samples descriptions that name objects the scene lacks
 but answers yes/no about them well.
 
-    python -m engine.toyworld.train_policy --seed 0 --out models/toy-policy
+    python -m toyworld.train_policy --seed 0 --out models/toy-policy
 
-made the committed models/toy-policy (2,200 steps of 32 examples, 1 thread: 6 min 48 s on a
-2-core CPU; re-run on 2026-11-23, it wrote a model.safetensors byte-identical to the committed one). Measured on the 200 held-out scenes
-(engine.evaluation, eval settings of configs/toyworld.toml):
-  sampled at temperature 1.0:  CHAIR_s 0.385, CHAIR_i 0.180, 21.9 words
-  sampled at temperature 0.7:  CHAIR_s 0.185, CHAIR_i 0.077
-  yes/no probes:               accuracy 0.968, F1 0.971 (near-miss absent objects: 0.947)
+made the committed models/toy-policy (README.md has its held-out figures). A re-run repeats
+its bytes only on a CPU whose kernels round as the training machine's did.
 """
 
 from __future__ import annotations
@@ -28,8 +24,9 @@ import click
 import torch
 
 from engine import chat
-from engine.toyworld.model import build_toy_llava
-from engine.toyworld.sft_data import examples
+from engine.tiny_models import build_llava
+from toyworld.model import TOY_SIZES
+from toyworld.sft_data import examples
 
 # (optimizer steps, at most this many objects per scene, share of descriptions in a batch,
 #  share of those descriptions that misname one object)
@@ -47,7 +44,7 @@ def first_phase_schedule(steps: int):
 def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32, log=print) -> Path:
     """Train and save the model directory (weights, config, processor) to `out`."""
     torch.manual_seed(seed)
-    model, processor = build_toy_llava(seed)
+    model, processor = build_llava(TOY_SIZES, seed)
     model.train()
     rng = random.Random(seed)
     start, step = time.perf_counter(), 0
@@ -84,7 +81,7 @@ def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch CPU threads (the weights depend on it only through float rounding).")
 def main(seed: int, out: str, threads: int) -> None:
-    """Train the toy policy (see the module docstring for the measured result)."""
+    """Train the toy policy and save it to --out."""
     torch.set_num_threads(threads)
     train_policy(seed, out, log=click.echo)
 

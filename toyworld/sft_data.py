@@ -20,7 +20,7 @@ from PIL import Image
 
 from engine.config import ScoreConfig
 from engine.scenes import DESCRIBE, Scene, describe, make_scene, render
-from engine.toyworld.grammar import existence_question
+from toyworld.grammar import existence_question
 from engine.vocabulary import COLOURS, SHAPES
 
 QUESTION_SUFFIX = ScoreConfig().question_suffix

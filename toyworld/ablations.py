@@ -1,6 +1,6 @@
 """The toy world's ablation table (RLAIF-V's Table 5 and its Best-of-N), one command:
 
-    python -m engine.toyworld.ablations --seeds 0,1,2
+    python -m toyworld.ablations --seeds 0,1,2
 
 Rows, each averaged over the seeds, all on the held-out scenes of configs/toyworld.toml:
   toy policy                  iteration 0's policy
@@ -25,8 +25,8 @@ import msgspec
 from engine import hallucination as hal
 from engine.cli import load_or_exit, set_option
 from engine.config import Config, load_config
-from engine.toyworld.grammar import grammatical_share
-from engine.toyworld.run import COLUMNS, TOYWORLD_CONFIG, mean, run_seed, seed_config
+from toyworld.grammar import grammatical_share
+from toyworld.run import COLUMNS, TOYWORLD_CONFIG, mean, run_seed, seed_config
 
 # (row title, run-name suffix, overrides) of the trained variants; "" is the main run.
 VARIANTS = (

@@ -1,7 +1,7 @@
 """The toy world's main run: configs/toyworld.toml's iterations for several seeds, then a table
 per iteration and a plot of each held-out metric against the iteration.
 
-    python -m engine.toyworld.run --seeds 0,1,2
+    python -m toyworld.run --seeds 0,1,2
 
 Each seed is its own resumable run (<run.output_dir>/<run.name>-seed<s>/, jobs/iterate.py's
 layout), so a re-run reuses finished iterations. The held-out metrics come from the iteration
@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from engine.cli import load_or_exit, set_option
 from engine.config import Config
-from engine.toyworld.grammar import grammatical_share
+from toyworld.grammar import grammatical_share
 
 TOYWORLD_CONFIG = "configs/toyworld.toml"
 # (metric key of engine.evaluation, column title)
@@ -52,7 +52,7 @@ def iteration_metrics(summaries: list[dict]) -> list[dict]:
 
 def with_grammatical_share(cfg: Config, metrics: list[dict]) -> list[dict]:
     """metrics, each with the share of its held-out descriptions in the scene grammar
-    (engine.toyworld.grammar), read from the evaluation rows the iterations wrote."""
+    (toyworld.grammar), read from the evaluation rows the iterations wrote."""
     from engine.evaluation import ROWS_FILE
     from engine.iterate import EVAL_DIR, EVAL_INITIAL_DIR
     from engine.run_dir import RunDir
@@ -120,7 +120,7 @@ def main(config_path, overrides, seeds, plot_path):
     <run.output_dir>/<run.name>.json."""
     cfg = load_or_exit(config_path, overrides)
     from engine.ray_runtime import init_ray
-    from engine.toyworld.plot import plot_metrics
+    from toyworld.plot import plot_metrics
 
     init_ray(cfg.ray)
     per_seed, walls = {}, {}
