@@ -23,7 +23,7 @@ import click
 import msgspec
 
 from engine import hallucination as hal
-from engine.cli import load_or_exit, set_option
+from engine.cli import Job, set_option
 from engine.config import Config, load_config
 from toyworld.grammar import grammatical_share
 from toyworld.run import COLUMNS, TOYWORLD_CONFIG, mean, run_seed, seed_config
@@ -96,7 +96,7 @@ def format_ablations(rows: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+@click.command(cls=Job)
 @click.option("--config", "config_path", default=TOYWORLD_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="The toy world's TOML config.")
 @set_option
@@ -104,7 +104,7 @@ def format_ablations(rows: dict[str, list[dict]]) -> str:
 def main(config_path, overrides, seeds):
     """Run the ablation variants for each seed and print the table of seed means; writes
     <run.output_dir>/<run.name>-ablations.json."""
-    cfg = load_or_exit(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     from engine.ray_runtime import init_ray
 
     init_ray(cfg.ray)

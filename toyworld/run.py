@@ -19,8 +19,8 @@ import click
 import msgspec
 import pyarrow.parquet as pq
 
-from engine.cli import load_or_exit, set_option
-from engine.config import Config
+from engine.cli import Job, set_option
+from engine.config import Config, load_config
 from toyworld.grammar import grammatical_share
 
 TOYWORLD_CONFIG = "configs/toyworld.toml"
@@ -108,7 +108,7 @@ def acceptance(per_seed: dict[int, list[dict]]) -> dict:
     }
 
 
-@click.command()
+@click.command(cls=Job)
 @click.option("--config", "config_path", default=TOYWORLD_CONFIG, show_default=True,
               type=click.Path(dir_okay=False), help="The toy world's TOML config.")
 @set_option
@@ -118,7 +118,7 @@ def acceptance(per_seed: dict[int, list[dict]]) -> dict:
 def main(config_path, overrides, seeds, plot_path):
     """Run the toy world for each seed; print the per-iteration table, write the plot and
     <run.output_dir>/<run.name>.json."""
-    cfg = load_or_exit(config_path, overrides)
+    cfg = load_config(config_path, overrides)
     from engine.ray_runtime import init_ray
     from toyworld.plot import plot_metrics
 
