@@ -19,6 +19,18 @@ def scenes():
     return hal.load_vocabulary(["scenes"])
 
 
+def _extract_as_expected(cases, coco) -> tuple[list, list]:
+    """Each case's mentions and hallucinations, checked against its expected ones."""
+    mentions, hallucinations = [], []
+    for text, truth, want_mentions, want_hallucinated in cases:
+        found = hal.extract_mentions(text, coco)
+        assert found == want_mentions, text
+        assert hal.hallucinated(found, hal.ground_truth_set(truth, coco)) == want_hallucinated, text
+        mentions.append(found)
+        hallucinations.append(want_hallucinated)
+    return mentions, hallucinations
+
+
 def test_shipped_vocabulary_covers_coco_and_the_scene_world(coco, scenes):
     assert len(coco.objects) == 80
     assert {"person", "dining table", "hair drier", "teddy bear", "hot dog"} <= coco.objects
@@ -47,13 +59,7 @@ def test_chair_on_hand_written_descriptions(coco):
         ("A plane flies over a boat and another boat.", ["airplane"], ["airplane", "boat", "boat"], ["boat", "boat"]),
         ("A quiet, empty scene.", ["bench"], [], []),  # no objects at all
     ]
-    mentions, hallucinations = [], []
-    for text, truth, want_mentions, want_hallucinated in cases:
-        found = hal.extract_mentions(text, coco)
-        assert found == want_mentions, text
-        assert hal.hallucinated(found, hal.ground_truth_set(truth, coco)) == want_hallucinated, text
-        mentions.append(found)
-        hallucinations.append(want_hallucinated)
+    mentions, hallucinations = _extract_as_expected(cases, coco)
     result = hal.chair(mentions, hallucinations)
     assert result == {"chair_s": 2 / 4, "chair_i": 3 / 10, "responses": 4, "responses_hallucinated": 2,
                       "mentions": 10, "mentions_hallucinated": 3}
@@ -80,13 +86,7 @@ def test_chair_reads_the_original_compound_words_first(coco):
         # plurals of every kind; "baby animal" names nothing
         ("Babies feed baby animals near the motor bikes.", ["person"], ["person", "motorcycle"], ["motorcycle"]),
     ]
-    mentions, hallucinations = [], []
-    for text, truth, want_mentions, want_hallucinated in cases:
-        found = hal.extract_mentions(text, coco)
-        assert found == want_mentions, text
-        assert hal.hallucinated(found, hal.ground_truth_set(truth, coco)) == want_hallucinated, text
-        mentions.append(found)
-        hallucinations.append(want_hallucinated)
+    mentions, hallucinations = _extract_as_expected(cases, coco)
     # 3 of 6 responses hallucinate; 3 of 13 mentions are hallucinated
     assert hal.chair(mentions, hallucinations) == {"chair_s": 3 / 6, "chair_i": 3 / 13, "responses": 6,
                                                    "responses_hallucinated": 3, "mentions": 13,
