@@ -60,12 +60,12 @@ def full_prefill_yes_no(backend: HFBackend, images: Sequence[Image.Image], quest
     return [flat[i:i + len(questions)] for i in range(0, len(flat), len(questions))]
 
 
-def prefix_flop_limit(backend: HFBackend, image: Image.Image, questions: list[str]) -> dict:
+def prefix_flop_limit(processor, image: Image.Image, questions: list[str]) -> dict:
     """The most prefix reuse can save on the language model for one image's questions: tokens
     a full prefill per question runs over tokens reuse runs (the shared prefix once, then each
     question's own tokens). Linear-layer FLOPs scale with tokens; the vision tower, which the
     baseline also runs per question, is left out, so the real limit is a little higher."""
-    _, token_rows = chat.encode_shared_image_prompts(backend.processor, image, questions)
+    _, token_rows = chat.encode_shared_image_prompts(processor, image, questions)
     prefix = shared_prefix_length(token_rows)
     suffix = sum(len(row) - prefix for row in token_rows) / len(token_rows)
     n = len(token_rows)

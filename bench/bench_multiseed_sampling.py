@@ -16,11 +16,10 @@ must equal the batched ones (checked).
 from __future__ import annotations
 
 import click
-import numpy as np
 import torch
-from PIL import Image
 
 from bench.baselines import generate_n
+from bench.inputs import noise_images
 from bench.timing import best_seconds
 from engine.backends.base import Prompt, SamplingParams
 from engine.backends.hf import HFBackend
@@ -41,11 +40,7 @@ from engine.tiny_models import resolve_model_path
 @click.option("--repeats", default=3, show_default=True)
 def main(model, cache_dir, device, dtype, n_prompts, n, max_new_tokens, temperature, image_size, repeats):
     backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype), device=device)
-    rng = np.random.default_rng(0)
-    items = [
-        Prompt(Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)), "Describe the image in detail.")
-        for _ in range(n_prompts)
-    ]
+    items = [Prompt(image, "Describe the image in detail.") for image in noise_images(n_prompts, image_size)]
     seeds = [[1000 * i + j for j in range(n)] for i in range(n_prompts)]
     params = SamplingParams(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
 

@@ -14,32 +14,15 @@ time / prefix time. The FLOP limit is what reuse could save at most for these sh
 
 from __future__ import annotations
 
-import itertools
-
 import click
 import numpy as np
-from PIL import Image
 
 from bench.baselines import full_prefill_yes_no, prefix_flop_limit
+from bench.inputs import claim_questions, noise_images
 from bench.timing import best_seconds
-from engine import vocabulary
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
-
-
-def questions(count: int) -> list[str]:
-    """Claim-style questions of the synthetic world, as the labeler receives them."""
-    combos = itertools.product(vocabulary.COLOURS, vocabulary.SHAPES, vocabulary.POSITIONS)
-    return [
-        f"Is there a {colour} {shape} in the {position} of the image? Please answer yes or no."
-        for colour, shape, position in itertools.islice(combos, count)
-    ]
-
-
-def images(count: int, size: int) -> list[Image.Image]:
-    rng = np.random.default_rng(0)
-    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
 
 
 @click.command()
@@ -56,7 +39,7 @@ def images(count: int, size: int) -> list[Image.Image]:
 def main(model, cache_dir, device, dtype, n_images, n_questions, batch_size, baseline_batch, image_size, repeats):
     backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype, batch_size=batch_size),
                         device=device)
-    pictures, asked = images(n_images, image_size), questions(n_questions)
+    pictures, asked = noise_images(n_images, image_size), claim_questions(n_questions)
     methods = {
         "per_question": lambda: [backend.score_yes_no_per_question(picture, asked) for picture in pictures],
         "full_prefill": lambda: full_prefill_yes_no(backend, pictures, asked, baseline_batch),
@@ -74,7 +57,7 @@ def main(model, cache_dir, device, dtype, n_images, n_questions, batch_size, bas
     for name, label in labels.items():
         t = timings[name]
         print(f"{label:<40}{t:>9.3f}{scored / t:>13.1f}{timings['per_question'] / t:>16.2f}{timings['full_prefill'] / t:>18.2f}")
-    limit = prefix_flop_limit(backend, pictures[0], asked)
+    limit = prefix_flop_limit(backend.processor, pictures[0], asked)
     print(f"max |p_prefix - p_baseline| = {gap:.2e}; FLOP limit of reuse = {limit['flop_limit']:.2f}x "
           f"({limit['prefix_tokens']} prefix tokens, {limit['mean_question_tokens']} question tokens)")
     backend.close()
