@@ -12,6 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engine.flight import is_live, timed, to_rows, to_table
+from engine.images import rgb
 from engine.metrics import StageMetrics
 
 # A not-yet-loaded backend; called once inside the stage's actor (engine.backends.BackendFactory,
@@ -47,6 +48,8 @@ class ModelStage:
     `stage_class(cfg=<its config section>, context=RunContext, backends={role: LoadBackend})`."""
 
     name: ClassVar[str] = ""
+    # Whether process() reads the rows' image bytes; a stage that does not never converts them.
+    reads_images: ClassVar[bool] = True
 
     def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend]):
         self.cfg = cfg
@@ -67,14 +70,14 @@ class ModelStage:
         return backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = to_rows(batch)
+        rows = to_rows(batch, images=self.reads_images)
         live = [row for row in rows if is_live(row)]
         self.metrics.add(rows_in=len(live))
         with timed(rows, self.name):
             if live:
                 self.process(live)
         self.metrics.add(rows_out=sum(is_live(row) for row in live))
-        return to_table(rows)
+        return to_table(rows, images=batch.column("image"))  # no model stage changes an image
 
     def process(self, rows: list[dict]) -> None:
         raise NotImplementedError
@@ -84,4 +87,4 @@ def row_image(row: dict) -> Image.Image | None:
     """The validated image of a row (validation already rejected undecodable bytes)."""
     if row.get("image") is None:
         return None
-    return Image.open(io.BytesIO(row["image"])).convert("RGB")
+    return rgb(Image.open(io.BytesIO(row["image"])))
