@@ -34,7 +34,7 @@ def init_single_process() -> None:
         port = s.getsockname()[1]
     for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
                        "MASTER_PORT": str(port)}.items():
-        os.environ.setdefault(key, value)
+        os.environ.setdefault(key, value)  # kept: deepspeed.initialize reads LOCAL_RANK again
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
