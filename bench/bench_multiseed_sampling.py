@@ -1,10 +1,13 @@
-"""Multi-seed sampling of n answers per prompt: one batched decode vs a per-sample loop.
+"""Multi-seed sampling of n answers per prompt: one batched decode vs two baselines.
 
-The batched path (engine.backends.hf.HFBackend.sample with n seeds) prefills the prompt once
-and decodes the n answers as one batch, each row with its own seeded generator. The baseline
-samples the same seeds one call at a time (prefill + decode per answer). Both run in this
-process on the same prompts and seeds, best of --repeats; ratio = baseline time / batched
-time. The answers must be identical (checked), so both generate the same number of tokens.
+The batched path (engine.backends.hf.HFBackend.sample with n seeds) prefills each prompt once
+and decodes its n answers as one batch, each row with its own seeded generator. Baselines:
+the strong one, one `model.generate(do_sample=True, num_return_sequences=n)` call over all
+prompts (bench.baselines.generate_n), and the naive one, the same seeds one call at a time
+(prefill + decode per answer). All run in this process on the same prompts, best of
+--repeats. generate draws from its own random stream, so its answers (and their lengths)
+differ: every ratio is of generated tokens/s, method / baseline. The per-call loop's answers
+must equal the batched ones (checked).
 
     python -m bench.bench_multiseed_sampling                  # tiny LLaVA on CPU
     python -m bench.bench_multiseed_sampling --model /models/llava-1.5-7b-hf --device cuda --dtype bfloat16
@@ -12,12 +15,12 @@ time. The answers must be identical (checked), so both generate the same number 
 
 from __future__ import annotations
 
-import timeit
-
 import click
-import numpy as np
-from PIL import Image
+import torch
 
+from bench.baselines import generate_n
+from bench.inputs import noise_images
+from bench.timing import best_seconds
 from engine.backends.base import Prompt, SamplingParams
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
@@ -37,11 +40,7 @@ from engine.tiny_models import resolve_model_path
 @click.option("--repeats", default=3, show_default=True)
 def main(model, cache_dir, device, dtype, n_prompts, n, max_new_tokens, temperature, image_size, repeats):
     backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype), device=device)
-    rng = np.random.default_rng(0)
-    items = [
-        Prompt(Image.fromarray(rng.integers(0, 256, (image_size, image_size, 3), dtype=np.uint8)), "Describe the image in detail.")
-        for _ in range(n_prompts)
-    ]
+    items = [Prompt(image, "Describe the image in detail.") for image in noise_images(n_prompts, image_size)]
     seeds = [[1000 * i + j for j in range(n)] for i in range(n_prompts)]
     params = SamplingParams(temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens)
 
@@ -51,15 +50,26 @@ def main(model, cache_dir, device, dtype, n_prompts, n, max_new_tokens, temperat
     def sequential():
         return [[backend.sample([item], [[seed]], params)[0][0] for seed in item_seeds] for item, item_seeds in zip(items, seeds)]
 
+    def generate():
+        return generate_n(backend, items, n, params)
+
+    torch.manual_seed(0)
     together, alone = batched(), sequential()  # warm-up, and the equality check
     same = sum(a == b for row_a, row_b in zip(together, alone) for a, b in zip(row_a, row_b))
     tokens = sum(c.n_tokens for row in together for c in row)
-    timings = {name: min(timeit.repeat(fn, number=1, repeat=repeats)) for name, fn in (("sequential", sequential), ("batched", batched))}
+    counts = {"sequential": tokens, "generate": generate(), "batched": tokens}  # generate: warm-up, its own count
+    fns = {"sequential": sequential, "generate": generate, "batched": batched}
+    rates = {name: (best_seconds(fn, repeats, device), counts[name]) for name, fn in fns.items()}
     print(f"model={model} device={device} dtype={dtype} prompts={n_prompts} n={n} max_new_tokens={max_new_tokens}")
-    print(f"{'method':<30}{'seconds':>10}{'tokens/s':>12}{'ratio':>8}")
-    for name, label in (("sequential", "one answer per call"), ("batched", "n answers in one batch")):
-        print(f"{label:<30}{timings[name]:>10.3f}{tokens / timings[name]:>12.1f}{timings['sequential'] / timings[name]:>8.2f}")
-    print(f"answers identical to the per-sample loop: {same}/{n_prompts * n}; tokens generated: {tokens}")
+    print(f"{'method':<44}{'seconds':>9}{'tokens':>8}{'tokens/s':>10}{'ratio vs per-call':>19}{'ratio vs generate':>19}")
+    labels = {"sequential": "one answer per call", "generate": "generate(num_return_sequences=n), all prompts",
+              "batched": "n answers in one batch"}
+    per_second = {name: count / seconds for name, (seconds, count) in rates.items()}
+    for name, label in labels.items():
+        seconds, count = rates[name]
+        print(f"{label:<44}{seconds:>9.3f}{count:>8}{per_second[name]:>10.1f}"
+              f"{per_second[name] / per_second['sequential']:>19.2f}{per_second[name] / per_second['generate']:>19.2f}")
+    print(f"answers identical to the per-sample loop: {same}/{n_prompts * n}")
     backend.close()
 
 

@@ -61,13 +61,21 @@ FLIGHT_SCHEMA = pa.schema(
 )
 
 
-def to_rows(batch: pa.Table) -> list[dict]:
-    return batch.to_pylist()
+def to_rows(batch: pa.Table, images: bool = True) -> list[dict]:
+    """The batch as row dicts; images=False leaves out the image bytes, the bulk of a row,
+    for a stage that never reads them."""
+    return (batch if images else batch.drop_columns(["image"])).to_pylist()
 
 
-def to_table(rows: list[dict]) -> pa.Table:
-    """Rows (missing columns allowed) -> a table with exactly FLIGHT_SCHEMA."""
-    return pa.Table.from_pylist(rows, schema=FLIGHT_SCHEMA)
+def to_table(rows: list[dict], images: pa.ChunkedArray | None = None) -> pa.Table:
+    """Rows (missing columns allowed) -> a table with exactly FLIGHT_SCHEMA. With `images`
+    (the batch's own image column, row for row), that column is put back as it is instead
+    of copying every image's bytes back from Python."""
+    if images is None:
+        return pa.Table.from_pylist(rows, schema=FLIGHT_SCHEMA)
+    index = FLIGHT_SCHEMA.get_field_index("image")
+    table = pa.Table.from_pylist(rows, schema=FLIGHT_SCHEMA.remove(index))
+    return table.add_column(index, FLIGHT_SCHEMA.field(index), images.cast(FLIGHT_SCHEMA.field(index).type))
 
 
 def is_live(row: dict) -> bool:

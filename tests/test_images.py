@@ -42,6 +42,12 @@ def test_valid_png_decodes_to_rgb():
     assert decode_image(png(), **LIMITS).getpixel((0, 0)) == (255, 0, 0)
 
 
+def test_an_rgb_image_keeps_its_decoded_pixels_uncopied():
+    data = noisy_png()
+    image = decode_image(data, **LIMITS)
+    assert image.mode == "RGB" and image.tobytes() == Image.open(io.BytesIO(data)).convert("RGB").tobytes()
+
+
 @pytest.mark.parametrize(
     "data, reason",
     [

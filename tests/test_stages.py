@@ -41,6 +41,16 @@ def test_a_stage_runs_on_an_injected_backend():
     assert [item["stage"] for item in live["stage_seconds"]] == ["sample"]
 
 
+def test_a_stage_hands_the_image_bytes_on_unchanged_and_one_that_reads_none_never_converts_them():
+    image = b"\x89PNG not decoded here"
+    batch = to_table([{"id": "a", "prompt": "Describe.", "image": image, "answers": ["x"]}])
+    split = SplitStage(cfg=SplitConfig(), context=CONTEXT, backends={"splitter": FakePolicy})
+    seen = []
+    split.process = lambda rows: seen.extend(rows)
+    out = split(batch)
+    assert "image" not in seen[0] and out.schema == batch.schema and out["image"].to_pylist() == [image]
+
+
 def test_equal_backend_loaders_load_one_model():
     loads = []
 

@@ -21,7 +21,7 @@ from typing import Sequence
 import torch
 import xgrammar
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, Cache
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, Cache, PreTrainedModel
 
 from engine import chat
 from engine.config import ModelConfig
@@ -90,12 +90,18 @@ class GrammarMask:
 class HFBackend:
     """One transformers model (MLLM or text LLM) with its processor or tokenizer."""
 
-    def __init__(self, path: str, model_cfg: ModelConfig, *, device: str | None = None) -> None:
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    def __init__(self, path: str, model_cfg: ModelConfig, *, device: str | None = None,
+                 model: PreTrainedModel | None = None) -> None:
+        """`model`, when given, is used as it is (on its device, in its dtype) instead of loading
+        path's weights: a benchmark builds random weights in place, too large to save and load."""
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = chat.tokenizer_of(self.processor)
-        model_class = AutoModelForImageTextToText if chat.is_multimodal(self.processor) else AutoModelForCausalLM
-        self.model = model_class.from_pretrained(path, dtype=getattr(torch, model_cfg.dtype)).to(self.device).eval()
+        if model is None:
+            model_class = AutoModelForImageTextToText if chat.is_multimodal(self.processor) else AutoModelForCausalLM
+            device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = model_class.from_pretrained(path, dtype=getattr(torch, model_cfg.dtype)).to(device)
+        self.device = model.device
+        self.model = model.eval()
         self.max_model_len = model_cfg.max_model_len
         self.batch_size = model_cfg.batch_size
         self.stop_ids = self._stop_ids()

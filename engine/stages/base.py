@@ -12,6 +12,7 @@ import pyarrow as pa
 from PIL import Image
 
 from engine.flight import divert, is_live, timed, to_rows, to_table
+from engine.images import rgb
 from engine.metrics import StageMetrics
 
 MAX_ERROR_CHARS = 500
@@ -56,6 +57,8 @@ class ModelStage:
     `stage_class(cfg=<its config section>, context=RunContext, backends={role: LoadBackend})`."""
 
     name: ClassVar[str] = ""
+    # Whether process() reads the rows' image bytes; a stage that does not never converts them.
+    reads_images: ClassVar[bool] = True
 
     def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend]):
         self.cfg = cfg
@@ -81,7 +84,7 @@ class ModelStage:
         return backend
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = to_rows(batch)
+        rows = to_rows(batch, images=self.reads_images)
         live = [row for row in rows if is_live(row)]
         self.metrics.add(rows_in=len(live))
         with timed(rows, self.name):
@@ -90,7 +93,7 @@ class ModelStage:
         n_out = sum(is_live(row) for row in live)
         self.metrics.add(rows_out=n_out, rejects=len(live) - n_out)
         self.context.report(self.name, len(rows))
-        return to_table(rows)
+        return to_table(rows, images=batch.column("image"))  # no model stage changes an image
 
     def process_guarded(self, rows: list[dict]) -> None:
         """process(rows), and when it raises on a row-level problem (a prompt the processor
@@ -130,4 +133,4 @@ def row_image(row: dict) -> Image.Image | None:
     """The validated image of a row (validation already rejected undecodable bytes)."""
     if row.get("image") is None:
         return None
-    return Image.open(io.BytesIO(row["image"])).convert("RGB")
+    return rgb(Image.open(io.BytesIO(row["image"])))

@@ -21,7 +21,7 @@ class PairStage(ModelStage):
             needed = sorted({i for pair in row["pairs"] for i in (pair["chosen"], pair["rejected"])})
             wanted += [(row, i) for i in needed]
         if wanted:
-            images = {id(row): row_image(row) for row, _ in wanted}
+            images = {id(row): row_image(row) for row in rows if row["pairs"]}  # one decode per row
             logps = self.backend.logprobs(
                 [Prompt(image=images[id(row)], text=row["prompt"]) for row, _ in wanted],
                 [row["answers"][i] for row, i in wanted],

@@ -14,6 +14,7 @@ from engine.stages.base import ModelStage
 
 class SplitStage(ModelStage):
     name = "split"
+    reads_images = False
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
