@@ -20,6 +20,8 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 
+from engine.schemas import assistant_turn, user_turn
+
 TEXT_KEYS = ("input_ids", "attention_mask")
 
 
@@ -29,23 +31,6 @@ def is_multimodal(processor: Any) -> bool:
 
 def tokenizer_of(processor: Any) -> PreTrainedTokenizerBase:
     return processor.tokenizer if is_multimodal(processor) else processor
-
-
-def user_turn(prompt: str, has_image: bool) -> list[dict]:
-    """The user's message in the conversational form of the pair shards and TRL: the image
-    part (if any) first, then the text."""
-    content: list[dict] = [{"type": "image"}] if has_image else []
-    content.append({"type": "text", "text": prompt})
-    return [{"role": "user", "content": content}]
-
-
-def assistant_turn(response: str) -> list[dict]:
-    return [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
-
-
-def turn_text(messages: Sequence[dict]) -> str:
-    """The text of a one-message turn (user_turn / assistant_turn, as read back from Parquet)."""
-    return " ".join(part["text"] for part in messages[0]["content"] if part["type"] == "text")
 
 
 def _messages(processor: Any, prompt: str, has_image: bool, response: str | None = None) -> list[dict]:

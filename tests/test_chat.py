@@ -13,6 +13,7 @@ from fixtures_models import noise_image
 from transformers import AutoProcessor
 
 from engine import chat
+from engine.schemas import assistant_turn, turn_text, user_turn
 
 
 @pytest.fixture(scope="module")
@@ -69,13 +70,13 @@ def test_response_mask_covers_exactly_response_and_eos(processor):
 
 def test_the_conversation_is_rendered_whole_by_the_template(processor, tokenizer):
     conversation = processor.apply_chat_template(
-        chat.user_turn("Hi", has_image=False) + chat.assistant_turn(" there"), tokenize=False)
+        user_turn("Hi", has_image=False) + assistant_turn(" there"), tokenize=False)
     assert chat.conversation_text(processor, "Hi", " there", has_image=False) == (conversation, 2)
     encoded = chat.encode_for_logprobs(tokenizer, [None], ["Hi"], [" there"])
     assert encoded["input_ids"][0].tolist() == tokenizer(conversation, add_special_tokens=False)["input_ids"]
     assert set(encoded) == {"input_ids", "attention_mask", "response_mask"}
-    assert chat.turn_text(chat.assistant_turn(" there")) == " there"
-    assert chat.turn_text(chat.user_turn("Hi", has_image=True)) == "Hi"
+    assert turn_text(assistant_turn(" there")) == " there"
+    assert turn_text(user_turn("Hi", has_image=True)) == "Hi"
 
 
 def test_a_template_whose_generation_prompt_does_not_start_the_answer_is_an_error(tokenizer):
