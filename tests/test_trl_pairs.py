@@ -5,6 +5,10 @@ encoding: the whole conversation through the model's chat template)."""
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +16,8 @@ from fixtures_models import noise_image
 
 from engine.backends.base import Prompt
 from engine.config import ModelConfig, PairConfig
-from engine.writer import finalize_pairs, pair_rows
 from engine.storage import write_parquet_atomic
+from engine.writer import finalize_pairs, pair_rows
 
 ANSWERS = ["There is a red circle in the top left.", "There is a blue square in the center.",
            "There are two green stars.", "There is a yellow cross."]
@@ -73,3 +77,16 @@ def test_dpo_trainer_trains_on_the_pair_shards_and_agrees_on_the_reference(pairs
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 2 and all(loss == loss for loss in losses)
+
+
+def test_trl_dpo_command_trains_on_the_pair_shards(pairs_dir, tiny_llava_dir, tmp_path):
+    """The command of the pairs' README.md, with CPU settings."""
+    trl = Path(sys.executable).parent / "trl"
+    command = [str(trl), "dpo", "--model_name_or_path", tiny_llava_dir, "--dataset_name", pairs_dir,
+               "--output_dir", str(tmp_path), "--per_device_train_batch_size", "2", "--max_steps", "1",
+               "--use_cpu", "--bf16", "False", "--gradient_checkpointing", "False", "--report_to", "none",
+               "--save_strategy", "no"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "model.safetensors").exists()
