@@ -5,9 +5,10 @@ all encode through here, so the engine's reference log-probs equal the policy's 
 at training step 0. `processor` is an MLLM processor (transformers ProcessorMixin) or, for a
 text-only LLM, its tokenizer.
 
-Prompt and response are tokenised separately and their ids concatenated (prompt + response
-+ eos): the boundary never depends on BPE merges across it, and the response tokens are the
-same whatever prompt precedes them.
+A prompt + response is the whole conversation (user turn + assistant turn) rendered by the
+model's own chat template, as TRL, vLLM's chat and transformers' pipelines render it, so the
+stored reference log-probs are the ones those tools compute. The response tokens are what
+follows the prompt rendered alone with the generation prompt, which must be a token prefix.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import torch
 from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
+
+from engine.schemas import assistant_turn, user_turn
 
 TEXT_KEYS = ("input_ids", "attention_mask")
 
@@ -30,16 +33,23 @@ def tokenizer_of(processor: Any) -> PreTrainedTokenizerBase:
     return processor.tokenizer if is_multimodal(processor) else processor
 
 
-def prompt_text(processor: Any, prompt: str, has_image: bool) -> str:
-    """One user turn rendered with the model's chat template, ready for the assistant's answer."""
+def _messages(processor: Any, prompt: str, has_image: bool, response: str | None = None) -> list[dict]:
+    """The conversation as the processor renders it: content parts for an MLLM, plain strings
+    for a text-only LLM's tokenizer (whose template may not know parts)."""
     if is_multimodal(processor):
-        content: Any = [{"type": "image"}] if has_image else []
-        content.append({"type": "text", "text": prompt})
+        messages = user_turn(prompt, has_image) + ([] if response is None else assistant_turn(response))
     elif has_image:
         raise ValueError("a text-only model (tokenizer, no processor) cannot take an image")
     else:
-        content = prompt
-    messages = [{"role": "user", "content": content}]
+        messages = [{"role": "user", "content": prompt}]
+        if response is not None:
+            messages.append({"role": "assistant", "content": response})
+    return messages
+
+
+def prompt_text(processor: Any, prompt: str, has_image: bool) -> str:
+    """One user turn rendered with the model's chat template, ready for the assistant's answer."""
+    messages = _messages(processor, prompt, has_image)
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -49,21 +59,39 @@ def _add_special_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
     return not (tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token))
 
 
-def prompt_token_ids(processor: Any, prompt: str, has_image: bool) -> list[int]:
-    """Ids of the rendered prompt with the image placeholder NOT expanded (what vLLM takes
-    together with the image; it expands the placeholder itself)."""
-    tokenizer = tokenizer_of(processor)
-    text = prompt_text(processor, prompt, has_image)
+def _token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=_add_special_tokens(tokenizer, text))["input_ids"]
 
 
-def response_token_ids(tokenizer: PreTrainedTokenizerBase, responses: Sequence[str]) -> list[list[int]]:
-    """Each response tokenised on its own, followed by the end-of-turn token (the tokenizer's
-    eos, which the chat templates of the supported families close the assistant turn with)."""
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos token to end the response with")
-    encoded = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
-    return [ids + [tokenizer.eos_token_id] for ids in encoded]
+def prompt_token_ids(processor: Any, prompt: str, has_image: bool) -> list[int]:
+    """Ids of the rendered prompt with the image placeholder NOT expanded (what vLLM takes
+    together with the image; it expands the placeholder itself)."""
+    return _token_ids(tokenizer_of(processor), prompt_text(processor, prompt, has_image))
+
+
+def conversation_text(processor: Any, prompt: str, response: str, has_image: bool) -> tuple[str, int]:
+    """The whole conversation rendered by the chat template, and how many of its tokens are
+    the response (what the template writes after the generation prompt: for the supported
+    templates the answer and the end-of-turn token). Placeholder expansion happens inside the
+    prompt, so the count holds for expanded ids too."""
+    tokenizer = tokenizer_of(processor)
+    full = processor.apply_chat_template(_messages(processor, prompt, has_image, response), tokenize=False)
+    head_ids = _token_ids(tokenizer, prompt_text(processor, prompt, has_image))
+    full_ids = _token_ids(tokenizer, full)
+    if full_ids[: len(head_ids)] != head_ids or len(full_ids) == len(head_ids):
+        raise ValueError(
+            "the chat template's generation prompt is not a token prefix of the conversation it starts "
+            f"(response {response[:40]!r}): the template writes the assistant turn otherwise, or tokens merge "
+            "across the boundary"
+        )
+    return full, len(full_ids) - len(head_ids)
+
+
+def conversation_token_ids(processor: Any, prompt: str, response: str, has_image: bool) -> tuple[list[int], int]:
+    """Ids of the whole conversation, image placeholder NOT expanded (vLLM's input), and the
+    number of response tokens ending it."""
+    full, n_response = conversation_text(processor, prompt, response, has_image)
+    return _token_ids(tokenizer_of(processor), full), n_response
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
@@ -153,32 +181,24 @@ def encode_for_logprobs(
     prompts: Sequence[str],
     responses: Sequence[str],
 ) -> dict[str, torch.Tensor]:
-    """Teacher-forcing inputs: prompt ids + response ids + eos per row, right padded.
+    """Teacher-forcing inputs: each whole conversation (conversation_text), right padded.
 
-    Returns input_ids, attention_mask, response_mask (1 exactly on the response tokens and
-    the closing eos) and the processor's image inputs (pixel_values, ...) when any row has an
-    image.
+    Returns input_ids, attention_mask, response_mask (1 exactly on the response tokens, the
+    template's end-of-turn token included) and the processor's image inputs (pixel_values,
+    ...) when any row has an image.
     """
     _check_rows(images, prompts, responses)
-    tokenizer = tokenizer_of(processor)
-    texts = [prompt_text(processor, prompt, image is not None) for image, prompt in zip(images, prompts)]
-    prompt_batch = _tokenize(processor, texts, images, padding_side="right")
-    prompt_lengths = prompt_batch["attention_mask"].sum(dim=1).tolist()
     rows = [
-        (prompt_batch["input_ids"][i, :length].tolist(), response)
-        for i, (length, response) in enumerate(zip(prompt_lengths, response_token_ids(tokenizer, responses)))
+        conversation_text(processor, prompt, response, image is not None)
+        for image, prompt, response in zip(images, prompts, responses)
     ]
-    width = max(len(prompt) + len(response) for prompt, response in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id(tokenizer), dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (prompt, response) in enumerate(rows):
-        end = len(prompt) + len(response)
-        input_ids[i, :end] = torch.tensor(prompt + response)
-        attention_mask[i, :end] = 1
-        response_mask[i, len(prompt) : end] = 1
-    encoded = {key: value for key, value in prompt_batch.items() if key not in TEXT_KEYS}
-    encoded.update(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask)
+    encoded = _tokenize(processor, [text for text, _ in rows], images, padding_side="right")
+    lengths = encoded["attention_mask"].sum(dim=1).tolist()
+    response_mask = torch.zeros_like(encoded["attention_mask"])
+    for i, (length, (_, n_response)) in enumerate(zip(lengths, rows)):
+        response_mask[i, length - n_response : length] = 1
+    encoded = dict(encoded)
+    encoded["response_mask"] = response_mask
     return encoded
 
 

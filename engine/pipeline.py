@@ -33,6 +33,7 @@ from engine.stages.validate import STAGE as VALIDATE_STAGE
 from engine.stages.validate import validate_batch
 from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
+from engine.pair_card import write_pair_card
 from engine.writer import finalize_pairs
 
 GENERATION_MANIFEST = "generation.json"
@@ -154,6 +155,7 @@ def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfi
         with ProgressPrinter(tally, (VALIDATE_STAGE, *names), total, echo):
             ds.write_datasink(sink)
     balance = finalize_pairs(out_dir, cfg.pair)
+    write_pair_card(out_dir, cfg, iteration, policy.path, balance)
     summary = summarize_generation(
         read_parquet_dir(join(out_dir, "rows"), instruction_stats_schema(names)),
         read_parquet_dir(join(out_dir, "rejects"), REJECT_SCHEMA),

@@ -1,8 +1,10 @@
 """Arrow schemas of everything the engine writes, defined once.
 
-The writer, the loader in `train/` and the tests all import these. Pair columns use TRL's
-names where TRL has one (`prompt`, `chosen`, `rejected`, `images`, `ref_chosen_logps`,
-`ref_rejected_logps`) so the shards also train in TRL's DPOTrainer without conversion.
+The writer, the loader in `train/` and the tests all import these. The pair shards are a
+Hugging Face image dataset as `datasets` writes one: TRL's column names (`prompt`, `chosen`,
+`rejected`, `images`), its conversational form for the texts (engine.chat.user_turn /
+assistant_turn), image structs {bytes, path} and the `huggingface` schema metadata, so that
+`load_dataset("parquet")`, `trl dpo` and TRL's DPOTrainer read them as written.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import pyarrow as pa
+from datasets import Features, Image, List, Value
 
 # Input: one row per (image, instruction). Exactly one of image / image_uri is set.
 # `objects` is optional ground truth (synthetic scenes, evaluation sets).
@@ -26,26 +29,48 @@ INSTRUCTION_SCHEMA = pa.schema(
     ]
 )
 
-PAIR_SCHEMA = pa.schema(
-    [
-        pa.field("pair_id", pa.string(), nullable=False),
-        pa.field("instruction_id", pa.string(), nullable=False),
-        pa.field("iteration", pa.int32(), nullable=False),
-        pa.field("images", pa.list_(pa.binary()), nullable=False),
-        pa.field("prompt", pa.string(), nullable=False),
-        pa.field("chosen", pa.string(), nullable=False),
-        pa.field("rejected", pa.string(), nullable=False),
-        pa.field("chosen_score", pa.int32(), nullable=False),
-        pa.field("rejected_score", pa.int32(), nullable=False),
-        pa.field("chosen_n_claims", pa.int32(), nullable=False),
-        pa.field("rejected_n_claims", pa.int32(), nullable=False),
-        pa.field("ref_chosen_logps", pa.float64(), nullable=False),
-        pa.field("ref_rejected_logps", pa.float64(), nullable=False),
-        pa.field("policy_id", pa.string(), nullable=False),
-        pa.field("chosen_seed", pa.int64(), nullable=False),
-        pa.field("rejected_seed", pa.int64(), nullable=False),
-    ]
+# One message: {"role", "content": [{"type": "image" | "text", "text"}]}, "text" null on images.
+_TURN = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+
+
+def user_turn(prompt: str, has_image: bool) -> list[dict]:
+    """The user's message in the conversational form of the pair shards, TRL and
+    engine.chat's rendering: the image part (if any) first, then the text."""
+    content: list[dict] = [{"type": "image"}] if has_image else []
+    content.append({"type": "text", "text": prompt})
+    return [{"role": "user", "content": content}]
+
+
+def assistant_turn(response: str) -> list[dict]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": response}]}]
+
+
+def turn_text(messages: Sequence[dict]) -> str:
+    """The text of a one-message turn (user_turn / assistant_turn, as read back from Parquet)."""
+    return " ".join(part["text"] for part in messages[0]["content"] if part["type"] == "text")
+
+
+PAIR_FEATURES = Features(
+    {
+        "pair_id": Value("string"),
+        "instruction_id": Value("string"),
+        "iteration": Value("int32"),
+        "images": List(Image()),
+        "prompt": _TURN,
+        "chosen": _TURN,
+        "rejected": _TURN,
+        "chosen_score": Value("int32"),
+        "rejected_score": Value("int32"),
+        "chosen_n_claims": Value("int32"),
+        "rejected_n_claims": Value("int32"),
+        "ref_chosen_logps": Value("float64"),
+        "ref_rejected_logps": Value("float64"),
+        "policy_id": Value("string"),
+        "chosen_seed": Value("int64"),
+        "rejected_seed": Value("int64"),
+    }
 )
+PAIR_SCHEMA = PAIR_FEATURES.arrow_schema
 
 # A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
 REJECT_SCHEMA = pa.schema(

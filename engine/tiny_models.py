@@ -45,10 +45,14 @@ IMAGE_TOKEN = "<image>"
 # The words the labeler's yes/no probabilities are read from; each must be one token.
 YES_NO_WORDS = ("yes", " yes", "Yes", " Yes", "no", " no", "No", " No")
 
-# LLaVA-1.5 conversation format: "<s>USER: <image>\n{text} ASSISTANT: {answer}</s>".
+# LLaVA-1.5 conversation format: "<s>USER: <image>\n{text} ASSISTANT:{answer}</s>".
 # Content is a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts;
 # images are written first, as LLaVA was trained. transformers renders with trim_blocks, so
 # every literal newline is an expression. <s> comes from here, not from the tokenizer.
+# The assistant turn is the generation prompt followed by the answer exactly as sampled: in
+# byte-level BPE the space before a word is part of the word's token, so a space written by
+# the template would make the scored tokens differ from the sampled ones (engine/chat.py
+# scores the whole conversation rendered here).
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- for message in messages -%}"
@@ -65,7 +69,7 @@ CHAT_TEMPLATE = (
     "{%- for part in parts if part['type'] == 'image' -%}{{ '<image>' + '\\n' }}{%- endfor -%}"
     "{{ text + ' ' }}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'ASSISTANT: ' + text + eos_token }}"
+    "{{ 'ASSISTANT:' + text + eos_token }}"
     "{%- else -%}"
     "{{ raise_exception('unknown chat role: ' + message['role']) }}"
     "{%- endif -%}"

@@ -18,11 +18,31 @@ import pyarrow as pa
 
 from engine.config import PairConfig
 from engine.pairing import accepts, length_balance, pair_id, word_count
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema, seconds_column
+from engine.schemas import (
+    PAIR_SCHEMA,
+    REJECT_SCHEMA,
+    assistant_turn,
+    instruction_stats_schema,
+    seconds_column,
+    turn_text,
+    user_turn,
+)
 from engine.storage import join, read_parquet_dir, write_parquet_atomic
 
 PAIRS_PER_SHARD = 10_000
 REJECT_PROMPT_CHARS = 200
+
+
+def pair_record(prompt: str, image: bytes | None, chosen: str, rejected: str, **columns) -> dict:
+    """A PAIR_SCHEMA row from plain texts: the conversational turns and the image struct, and
+    the other columns as given."""
+    return {
+        "images": [] if image is None else [{"bytes": image, "path": None}],
+        "prompt": user_turn(prompt, image is not None),
+        "chosen": assistant_turn(chosen),
+        "rejected": assistant_turn(rejected),
+        **columns,
+    }
 
 
 def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:
@@ -30,24 +50,21 @@ def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:
     for row in rows:
         for pair in row.get("pairs") or []:
             c, r = pair["chosen"], pair["rejected"]
-            out.append({
-                "pair_id": pair_id(iteration, row["id"], c, r),
-                "instruction_id": row["id"],
-                "iteration": iteration,
-                "images": [row["image"]] if row.get("image") is not None else [],
-                "prompt": row["prompt"],
-                "chosen": row["answers"][c],
-                "rejected": row["answers"][r],
-                "chosen_score": row["scores"][c],
-                "rejected_score": row["scores"][r],
-                "chosen_n_claims": row["n_claims"][c],
-                "rejected_n_claims": row["n_claims"][r],
-                "ref_chosen_logps": pair["ref_chosen_logps"],
-                "ref_rejected_logps": pair["ref_rejected_logps"],
-                "policy_id": policy_id,
-                "chosen_seed": row["answer_seeds"][c],
-                "rejected_seed": row["answer_seeds"][r],
-            })
+            out.append(pair_record(
+                row["prompt"], row.get("image"), row["answers"][c], row["answers"][r],
+                pair_id=pair_id(iteration, row["id"], c, r),
+                instruction_id=row["id"],
+                iteration=iteration,
+                chosen_score=row["scores"][c],
+                rejected_score=row["scores"][r],
+                chosen_n_claims=row["n_claims"][c],
+                rejected_n_claims=row["n_claims"][r],
+                ref_chosen_logps=pair["ref_chosen_logps"],
+                ref_rejected_logps=pair["ref_rejected_logps"],
+                policy_id=policy_id,
+                chosen_seed=row["answer_seeds"][c],
+                rejected_seed=row["answer_seeds"][r],
+            ))
     return pa.Table.from_pylist(out, schema=PAIR_SCHEMA)
 
 
@@ -117,8 +134,8 @@ def finalize_pairs(out_dir: str, pair_cfg: PairConfig) -> dict:
     ratio, keep = None, [True] * candidates.num_rows
     if pair_cfg.length_balance and candidates.num_rows:
         ratio, keep = length_balance(
-            [word_count(t) for t in candidates["chosen"].to_pylist()],
-            [word_count(t) for t in candidates["rejected"].to_pylist()],
+            [word_count(turn_text(t)) for t in candidates["chosen"].to_pylist()],
+            [word_count(turn_text(t)) for t in candidates["rejected"].to_pylist()],
             pair_cfg.balance_ratio_step,
         )
     pairs = candidates.filter(pa.array(keep, pa.bool_()))

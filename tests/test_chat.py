@@ -1,8 +1,10 @@
-"""engine.chat: prompts render through the chat template, the response mask covers exactly the
-response and its eos, and sequence_logprobs is the plain shifted log-softmax sum."""
+"""engine.chat: prompts and whole conversations render through the chat template, the response
+mask covers exactly what follows the generation prompt, and sequence_logprobs is the plain
+shifted log-softmax sum."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -11,6 +13,7 @@ from fixtures_models import noise_image
 from transformers import AutoProcessor
 
 from engine import chat
+from engine.schemas import assistant_turn, turn_text, user_turn
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,25 @@ def test_response_mask_covers_exactly_response_and_eos(processor):
         assert ids[: len(prompt_ids)].tolist() == prompt_ids
 
 
-def test_prompt_and_response_are_tokenised_separately(tokenizer):
-    prompt_ids = chat.prompt_token_ids(tokenizer, "Hi", has_image=False)
-    response_ids = tokenizer(":)", add_special_tokens=False)["input_ids"]
-    encoded = chat.encode_for_logprobs(tokenizer, [None], ["Hi"], [":)"])
-    assert encoded["input_ids"][0].tolist() == prompt_ids + response_ids + [tokenizer.eos_token_id]
+def test_the_conversation_is_rendered_whole_by_the_template(processor, tokenizer):
+    conversation = processor.apply_chat_template(
+        user_turn("Hi", has_image=False) + assistant_turn(" there"), tokenize=False)
+    assert chat.conversation_text(processor, "Hi", " there", has_image=False) == (conversation, 2)
+    encoded = chat.encode_for_logprobs(tokenizer, [None], ["Hi"], [" there"])
+    assert encoded["input_ids"][0].tolist() == tokenizer(conversation, add_special_tokens=False)["input_ids"]
     assert set(encoded) == {"input_ids", "attention_mask", "response_mask"}
+    assert turn_text(assistant_turn(" there")) == " there"
+    assert turn_text(user_turn("Hi", has_image=True)) == "Hi"
+
+
+def test_a_template_whose_generation_prompt_does_not_start_the_answer_is_an_error(tokenizer):
+    other = copy.deepcopy(tokenizer)
+    other.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + ' ' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+    )
+    with pytest.raises(ValueError, match="not a token prefix"):
+        chat.encode_for_logprobs(other, [None], ["Hi"], ["there"])
 
 
 def test_shared_image_prompts_match_the_processor(processor):

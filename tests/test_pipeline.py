@@ -14,7 +14,7 @@ from PIL import Image
 from engine.config import load_config
 from engine.inputs import InputError
 from engine.pipeline import GENERATION_MANIFEST, generate_pairs
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, turn_text
 from engine.storage import read_json, read_parquet_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,11 +73,12 @@ def test_every_stage_ran_and_output_validates(first_run):
     for stage in ("sample", "split", "score", "pair"):
         assert summary["stages"][stage]["busy_seconds"] > 0, stage
     pairs = read_parquet_dir(f"{out}/pairs", PAIR_SCHEMA)
-    assert pq.read_schema(f"{out}/pairs/part-00000.parquet").equals(PAIR_SCHEMA, check_metadata=False)
+    assert pq.read_schema(f"{out}/pairs/part-00000.parquet").equals(PAIR_SCHEMA, check_metadata=True)
+    assert "trl dpo" in Path(f"{out}/pairs/README.md").read_text()
     assert pairs.num_rows == summary["pairs"] > 0
     for pair in pairs.to_pylist():
         assert pair["chosen_score"] - pair["rejected_score"] >= 1
-        assert pair["chosen"].strip() != pair["rejected"].strip()
+        assert turn_text(pair["chosen"]).strip() != turn_text(pair["rejected"]).strip()
         assert pair["ref_chosen_logps"] < 0 and pair["ref_rejected_logps"] < 0
     manifest = read_json(f"{out}/{GENERATION_MANIFEST}")
     assert manifest["summary"]["pairs"] == pairs.num_rows

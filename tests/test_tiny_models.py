@@ -173,7 +173,7 @@ def test_chat_template_renders_llava_format(mllm, llm):
     conversation = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Is it red?"},
-        {"role": "assistant", "content": [{"type": "text", "text": "Yes"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": " Yes"}]},
         {"role": "user", "content": "Sure?"},
     ]
     expected = "<s>Be brief. USER: Is it red? ASSISTANT: Yes</s>USER: Sure? "

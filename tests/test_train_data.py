@@ -15,6 +15,7 @@ from transformers import AutoProcessor
 from engine import chat
 from engine.config import ModelConfig
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
+from engine.writer import pair_record
 from train.data import (
     BatchPlan,
     CorrectionColumns,
@@ -32,9 +33,14 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-def pair(pair_id: str, chosen: str, rejected: str, prompt: str = "Describe the image.", seed: int = 0) -> dict:
-    return {"pair_id": pair_id, "images": [png(seed)], "prompt": prompt, "chosen": chosen, "rejected": rejected,
-            "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5}
+def pair(pair_id: str, chosen: str, rejected: str, prompt: str = "Describe the image.", seed: int | None = 0) -> dict:
+    """The columns training reads; seed None makes a text-only pair."""
+    return pair_record(prompt, None if seed is None else png(seed), chosen, rejected, pair_id=pair_id,
+                       ref_chosen_logps=-1.5, ref_rejected_logps=-2.5)
+
+
+def image_struct(data: bytes) -> dict:
+    return {"bytes": data, "path": None}
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +100,9 @@ def test_collate_is_the_engines_encoding_with_padding(processor):
     rows = [pair("a", "There is a red circle in the top left.", "no", seed=1),
             pair("b", "yes", "There are two blue squares.", seed=2)]
     batch = collate_pairs(rows, processor, max_length=512)
-    encoded = chat.encode_for_logprobs(processor, [noise_image(1), noise_image(2)] * 2, [r["prompt"] for r in rows] * 2,
-                                       [r["chosen"] for r in rows] + [r["rejected"] for r in rows])
+    encoded = chat.encode_for_logprobs(processor, [noise_image(1), noise_image(2)] * 2, ["Describe the image."] * 4,
+                                       ["There is a red circle in the top left.", "yes", "no",
+                                        "There are two blue squares."])
     assert batch.model_inputs["input_ids"].tolist() == encoded["input_ids"].tolist()
     assert batch.response_mask.tolist() == encoded["response_mask"].tolist()
     assert batch.model_inputs["pixel_values"].shape == (4, 3, 32, 32)
@@ -129,16 +136,16 @@ def test_truncation_cuts_the_response_end_and_keeps_the_prompt(processor):
 
 
 def test_collate_reports_bad_images(processor):
-    bad = dict(pair("x", "a", "b"), images=[b"not an image"])
+    bad = dict(pair("x", "a", "b"), images=[image_struct(b"not an image")])
     with pytest.raises(PairDataError, match="pair x: undecodable image"):
         collate_pairs([bad], processor, max_length=512)
-    two = dict(pair("y", "a", "b"), images=[png(0), png(1)])
+    two = dict(pair("y", "a", "b"), images=[image_struct(png(0)), image_struct(png(1))])
     with pytest.raises(PairDataError, match="2 images"):
         collate_pairs([two], processor, max_length=512)
 
 
 def test_text_only_pairs_have_no_pixel_values(processor):
-    batch = collate_pairs([dict(pair("t", "yes", "no"), images=[])], processor, max_length=512)
+    batch = collate_pairs([pair("t", "yes", "no", seed=None)], processor, max_length=512)
     assert "pixel_values" not in batch.model_inputs and batch.model_inputs["input_ids"].shape[0] == 2
 
 
@@ -146,10 +153,10 @@ def test_text_only_pairs_have_no_pixel_values(processor):
 
 
 def full_pair_row(i: int) -> dict:
-    return {"pair_id": f"p{i}", "instruction_id": f"i{i}", "iteration": 0, "images": [png(i)], "prompt": "Describe.",
-            "chosen": "a red circle", "rejected": "a blue star", "chosen_score": 0, "rejected_score": -1,
-            "chosen_n_claims": 1, "rejected_n_claims": 1, "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0,
-            "policy_id": "tiny:llava", "chosen_seed": 1, "rejected_seed": 2}
+    return pair_record("Describe.", png(i), "a red circle", "a blue star", pair_id=f"p{i}", instruction_id=f"i{i}",
+                       iteration=0, chosen_score=0, rejected_score=-1, chosen_n_claims=1, rejected_n_claims=1,
+                       ref_chosen_logps=-1.0, ref_rejected_logps=-2.0, policy_id="tiny:llava", chosen_seed=1,
+                       rejected_seed=2)
 
 
 def test_read_pair_dataset_checks_the_shards(tmp_path, ray_local):
@@ -162,7 +169,7 @@ def test_read_pair_dataset_checks_the_shards(tmp_path, ray_local):
     (shards / "c.parquet.tmp-123").write_bytes(b"an unfinished write is not read")
     rows = rows_of(read_pair_dataset(str(shards)))
     assert [row["pair_id"] for row in rows] == ["p0", "p1", "p2"]
-    assert rows[0]["images"] == [png(0)] and rows[0]["ref_rejected_logps"] == -2.0
+    assert rows[0]["images"] == [image_struct(png(0))] and rows[0]["ref_rejected_logps"] == -2.0
     pq.write_table(pa.Table.from_pylist([full_pair_row(1)], schema=PAIR_SCHEMA), shards / "again.parquet")
     with pytest.raises(PairDataError, match="written twice"):
         read_pair_dataset(str(shards))
@@ -192,7 +199,7 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):
     assert pairs.schema == PAIR_SCHEMA and rejects.schema == REJECT_SCHEMA
     assert pairs["instruction_id"].to_pylist() == ["correction-0", "correction-1"]
     assert sorted(rejects["reason"].to_pylist()) == ["equal_answers", "undecodable_image"]
-    assert pairs["images"].to_pylist()[0] == [png(1)] and set(pairs["iteration"].to_pylist()) == {3}
+    assert pairs["images"].to_pylist()[0] == [image_struct(png(1))] and set(pairs["iteration"].to_pylist()) == {3}
     backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir), device="cpu")
     expected = backend.logprobs([Prompt(noise_image(1), "Describe the image.")] * 2,
                                 ["There is a red circle.", "There is a green circle."])

@@ -23,7 +23,8 @@ from safetensors.torch import load_file
 
 from engine.backends.base import Prompt
 from engine.config import ModelConfig, load_config
-from engine.schemas import PAIR_SCHEMA
+from engine.schemas import PAIR_SCHEMA, turn_text
+from engine.writer import pair_record
 from train.losses import dpo_loss
 from train.trainer import train_dpo
 
@@ -56,22 +57,19 @@ def pairs_dir(tmp_path_factory, tiny_llava_dir):
     """8 pairs whose reference log-probs the engine's hf backend computed, as the pair stage does."""
     from engine.backends.hf import HFBackend
 
-    rows = []
-    for i in range(N_PAIRS):
-        rows.append({
-            "pair_id": f"pair-{i:02d}", "instruction_id": f"inst-{i}", "iteration": 0, "images": [png(i)],
-            "prompt": "Describe the image.",
-            "chosen": f"There is a {COLOURS[i % 6]} {SHAPES[i % 4]} in the top left.",
-            "rejected": f"There is a {COLOURS[(i + 1) % 6]} {SHAPES[(i + 2) % 4]} in the center.",
-            "chosen_score": 0, "rejected_score": -1, "chosen_n_claims": 1, "rejected_n_claims": 1,
-            "policy_id": "tiny:llava", "chosen_seed": 2 * i, "rejected_seed": 2 * i + 1,
-        })
+    chosen = [f"There is a {COLOURS[i % 6]} {SHAPES[i % 4]} in the top left." for i in range(N_PAIRS)]
+    rejected = [f"There is a {COLOURS[(i + 1) % 6]} {SHAPES[(i + 2) % 4]} in the center." for i in range(N_PAIRS)]
     backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir), device="cpu")
-    logps = backend.logprobs([Prompt(noise_image(i), rows[i]["prompt"]) for i in range(N_PAIRS)] * 2,
-                             [row["chosen"] for row in rows] + [row["rejected"] for row in rows])
+    logps = backend.logprobs([Prompt(noise_image(i), "Describe the image.") for i in range(N_PAIRS)] * 2,
+                             chosen + rejected)
     backend.close()
-    for i, row in enumerate(rows):
-        row["ref_chosen_logps"], row["ref_rejected_logps"] = logps[i][0], logps[N_PAIRS + i][0]
+    rows = [
+        pair_record("Describe the image.", png(i), chosen[i], rejected[i], pair_id=f"pair-{i:02d}",
+                    instruction_id=f"inst-{i}", iteration=0, chosen_score=0, rejected_score=-1, chosen_n_claims=1,
+                    rejected_n_claims=1, ref_chosen_logps=logps[i][0], ref_rejected_logps=logps[N_PAIRS + i][0],
+                    policy_id="tiny:llava", chosen_seed=2 * i, rejected_seed=2 * i + 1)
+        for i in range(N_PAIRS)
+    ]
     out = tmp_path_factory.mktemp("pairs")
     table = pa.Table.from_pylist(rows, schema=PAIR_SCHEMA)
     pq.write_table(table.slice(0, 5), out / "part-0.parquet")
@@ -138,8 +136,9 @@ def test_training_lowers_the_loss_on_the_pairs_and_raises_accuracy(baseline, pai
     table = pa.concat_tables(pq.read_table(path) for path in sorted(Path(pairs_dir).glob("*.parquet")))
     rows = table.to_pylist()
     backend = HFBackend(baseline.model_dir, ModelConfig(path=baseline.model_dir), device="cpu")
-    prompts = [Prompt(noise_image(int(row["pair_id"][-2:])), row["prompt"]) for row in rows]
-    logps = backend.logprobs(prompts * 2, [row["chosen"] for row in rows] + [row["rejected"] for row in rows])
+    prompts = [Prompt(noise_image(int(row["pair_id"][-2:])), turn_text(row["prompt"])) for row in rows]
+    logps = backend.logprobs(prompts * 2, [turn_text(row["chosen"]) for row in rows] +
+                             [turn_text(row["rejected"]) for row in rows])
     backend.close()
     policy = torch.tensor([logp for logp, _ in logps], dtype=torch.float64)
     loss, metrics = dpo_loss(policy[:N_PAIRS], policy[N_PAIRS:], torch.tensor(table["ref_chosen_logps"].to_pylist()),

@@ -1,13 +1,19 @@
-"""The writer: flight rows -> pair/reject/stats tables, the length-balancing pass, atomic files."""
+"""The writer: flight rows -> pair/reject/stats tables, the length-balancing pass, atomic files,
+and pair shards that Hugging Face datasets reads as an image dataset."""
 
+import io
+
+import datasets
+import PIL.Image
 import pyarrow as pa
 
-from engine.config import PairConfig
+from engine.config import PairConfig, load_config
 from engine.flight import FLIGHT_SCHEMA, to_table
 from engine.pairing import pair_id
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, instruction_stats_schema
+from engine.pair_card import config_hash, write_pair_card
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, assistant_turn, instruction_stats_schema
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
-from engine.writer import finalize_pairs, pair_rows, reject_rows, stats_rows
+from engine.writer import finalize_pairs, pair_record, pair_rows, reject_rows, stats_rows
 
 STAGE_NAMES = ("sample", "split", "score", "pair")
 
@@ -38,11 +44,13 @@ def test_pair_rows_follow_the_pair_indices():
     table = pair_rows([flight_row()], iteration=3, policy_id="m0")
     assert table.schema == PAIR_SCHEMA
     (row,) = table.to_pylist()
-    assert (row["chosen"], row["rejected"]) == ("a b", "a b c")
+    assert row["prompt"] == [{"role": "user", "content": [{"type": "image", "text": None},
+                                                          {"type": "text", "text": "Describe."}]}]
+    assert (row["chosen"], row["rejected"]) == (assistant_turn("a b"), assistant_turn("a b c"))
     assert (row["chosen_score"], row["rejected_score"], row["chosen_n_claims"], row["rejected_n_claims"]) == (0, -1, 1, 2)
     assert (row["ref_chosen_logps"], row["ref_rejected_logps"]) == (-3.0, -4.5)
     assert (row["chosen_seed"], row["rejected_seed"], row["iteration"], row["policy_id"]) == (12, 11, 3, "m0")
-    assert row["images"] == [b"png"] and row["pair_id"] == pair_id(3, "i1", 1, 0)
+    assert row["images"] == [{"bytes": b"png", "path": None}] and row["pair_id"] == pair_id(3, "i1", 1, 0)
 
 
 def test_reject_rows_cover_row_and_answer_level():
@@ -68,10 +76,10 @@ def test_stats_rows_have_one_seconds_column_per_stage_named():
 
 
 def _pair(pid, chosen_words, rejected_words):
-    return {"pair_id": pid, "instruction_id": pid, "iteration": 0, "images": [], "prompt": "p",
-            "chosen": " ".join(["w"] * chosen_words), "rejected": " ".join(["w"] * rejected_words),
-            "chosen_score": 0, "rejected_score": -1, "chosen_n_claims": 1, "rejected_n_claims": 1,
-            "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0, "policy_id": "m", "chosen_seed": 1, "rejected_seed": 2}
+    return pair_record("p", None, " ".join(["w"] * chosen_words), " ".join(["w"] * rejected_words),
+                       pair_id=pid, instruction_id=pid, iteration=0, chosen_score=0, rejected_score=-1,
+                       chosen_n_claims=1, rejected_n_claims=1, ref_chosen_logps=-1.0, ref_rejected_logps=-2.0,
+                       policy_id="m", chosen_seed=1, rejected_seed=2)
 
 
 def test_finalize_balances_lengths_and_writes_sorted_pairs(tmp_path):
@@ -119,3 +127,21 @@ def test_rejects_keep_an_excerpt_of_a_long_prompt():
                            "reject_detail": "too long"}], iteration=0).to_pylist()
     assert row["prompt"].startswith("word word") and row["prompt"].endswith("(5000 chars)")
     assert len(row["prompt"]) < 250
+
+
+def test_pair_shards_and_card_load_as_a_hugging_face_image_dataset(tmp_path):
+    out, image = str(tmp_path), io.BytesIO()
+    PIL.Image.new("RGB", (4, 3), "red").save(image, format="PNG")
+    rows = pair_rows([flight_row(image=image.getvalue())], iteration=0, policy_id="m0")
+    write_parquet_atomic(rows, f"{out}/candidates/part-1.parquet")
+    balance = finalize_pairs(out, PairConfig())
+    cfg = load_config()
+    write_pair_card(out, cfg, 0, "m0", balance)
+    (tmp_path / "pairs" / "part-00001.parquet.tmp-unfinished").write_bytes(b"not parquet")
+    card = (tmp_path / "pairs" / "README.md").read_text()
+    assert config_hash(cfg) in card and "trl dpo" in card and "1 pairs" in card
+    pairs = datasets.load_dataset(f"{out}/pairs", split="train")
+    assert pairs.features["images"] == datasets.List(datasets.Image())
+    (row,) = pairs
+    assert row["images"][0].size == (4, 3)
+    assert row["prompt"] == rows["prompt"].to_pylist()[0] and row["chosen"] == assistant_turn("a b")

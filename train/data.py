@@ -31,8 +31,9 @@ from engine import chat
 from engine.config import ModelConfig, ValidateConfig
 from engine.errors import EngineError
 from engine.pairing import pair_id
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
+from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, turn_text
 from engine.storage import filesystem, list_parquet
+from engine.writer import pair_record
 from train.ddpo_masks import DDPO_MASKS
 
 # What training reads of a pair row; the other PAIR_SCHEMA columns are provenance.
@@ -129,14 +130,14 @@ class BatchPlan:
 
 
 def decode_pair_image(row: dict) -> Image.Image | None:
-    """The pair's image (images[0]) as RGB, None for a text-only pair."""
+    """The pair's image (images[0], a datasets Image struct) as RGB, None for a text-only pair."""
     images = row["images"] or []
     if len(images) > 1:
         raise PairDataError(f"pair {row['pair_id']}: {len(images)} images, but a prompt holds one image")
     if not images:
         return None
     try:
-        return Image.open(io.BytesIO(images[0])).convert("RGB")
+        return Image.open(io.BytesIO(images[0]["bytes"])).convert("RGB")
     except Exception as exc:
         raise PairDataError(f"pair {row['pair_id']}: undecodable image: {type(exc).__name__}: {exc}") from None
 
@@ -181,8 +182,8 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,
     encoded = chat.encode_for_logprobs(
         processor,
         images * 2,
-        [row["prompt"] for row in rows] * 2,
-        [row["chosen"] for row in rows] + [row["rejected"] for row in rows],
+        [turn_text(row["prompt"]) for row in rows] * 2,
+        [turn_text(row["chosen"]) for row in rows] + [turn_text(row["rejected"]) for row in rows],
     )
     response_mask = encoded.pop("response_mask")
     lengths = encoded["attention_mask"].sum(dim=1)
@@ -309,16 +310,17 @@ def pairs_from_corrections(
         except OSError as exc:
             divert("missing_image", str(exc))
             continue
-        kept.append({"pair_id": pair_id(iteration, instruction_id, 0, 1), "instruction_id": instruction_id,
-                     "iteration": iteration, "images": [data], "prompt": question, "chosen": chosen,
-                     "rejected": rejected, "chosen_score": 0, "rejected_score": 0, "chosen_n_claims": 0,
-                     "rejected_n_claims": 0, "policy_id": init_model.path, "chosen_seed": -1, "rejected_seed": -1})
+        kept.append(pair_record(question, data, chosen, rejected, pair_id=pair_id(iteration, instruction_id, 0, 1),
+                                instruction_id=instruction_id, iteration=iteration, chosen_score=0,
+                                rejected_score=0, chosen_n_claims=0, rejected_n_claims=0,
+                                policy_id=init_model.path, chosen_seed=-1, rejected_seed=-1))
         images.append(image)
     if kept:
         backend = make_backend(init_model, cache_dir)
         try:
-            prompts = [Prompt(image, row["prompt"]) for image, row in zip(images, kept)]
-            logps = backend.logprobs(prompts * 2, [row["chosen"] for row in kept] + [row["rejected"] for row in kept])
+            prompts = [Prompt(image, turn_text(row["prompt"])) for image, row in zip(images, kept)]
+            answers = [turn_text(row["chosen"]) for row in kept] + [turn_text(row["rejected"]) for row in kept]
+            logps = backend.logprobs(prompts * 2, answers)
         finally:
             backend.close()
         for i, row in enumerate(kept):

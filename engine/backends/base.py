@@ -63,8 +63,8 @@ class Backend(Protocol):
         ...
 
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
-        """Teacher-forced summed log-probability of each response (eos included) and its
-        token count, encoded by engine.chat.encode_for_logprobs."""
+        """Teacher-forced summed log-probability of each response (the template's end-of-turn
+        token included) and its token count, encoded by engine.chat.encode_for_logprobs."""
         ...
 
     def close(self) -> None: ...

@@ -9,7 +9,7 @@ vLLM expands it), so both backends feed the model the same ids.
 - generate_json: vLLM structured outputs with the JSON schema.
 - score_yes_no: a 1-token generation with logprob_token_ids = the yes/no ids; vLLM returns
   raw (full-vocabulary, pre-temperature) log-probs, the same softmax the hf backend reads.
-- logprobs: prompt_logprobs on prompt + response + eos (max_tokens=1), summing the response
+- logprobs: prompt_logprobs on the whole conversation (max_tokens=1), summing the response
   tokens' entries.
 
 vLLM's engine core runs in a spawned process: scripts that build this backend need an
@@ -178,18 +178,18 @@ class VLLMBackend:
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
         if len(items) != len(responses):
             raise ValueError(f"{len(items)} prompts but {len(responses)} responses")
-        response_ids = chat.response_token_ids(self.tokenizer, responses)
-        requests = [
-            self._request(item.image, chat.prompt_token_ids(self.processor, item.text, item.image is not None) + ids)
-            for item, ids in zip(items, response_ids)
+        conversations = [
+            chat.conversation_token_ids(self.processor, item.text, response, item.image is not None)
+            for item, response in zip(items, responses)
         ]
+        requests = [self._request(item.image, ids) for item, (ids, _) in zip(items, conversations)]
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         results = []
-        for output, ids in zip(self._generate(requests, [params] * len(requests)), response_ids):
+        for output, (ids, n_response) in zip(self._generate(requests, [params] * len(requests)), conversations):
             # prompt_logprobs[t] holds log p(token t | tokens < t) for the prompt's own token t.
-            scored = output.prompt_logprobs[-len(ids) :]
-            total = sum(position[token].logprob for position, token in zip(scored, ids))
-            results.append((total, len(ids)))
+            scored = output.prompt_logprobs[-n_response:]
+            total = sum(position[token].logprob for position, token in zip(scored, ids[-n_response:]))
+            results.append((total, n_response))
         return results
 
     def close(self) -> None:
