@@ -101,7 +101,8 @@ def write_instructions(table: pa.Table, url: str) -> None:
 
 
 # A JSONL line's fields and the JSON types each may hold (the image as base64 text).
-_JSONL_FIELDS = {"id": (str, int), "prompt": (str,), "image": (str,), "image_uri": (str,), "objects": (list,)}
+_JSONL_FIELDS = {"id": (str, int), "prompt": (str,), "image": (str,), "image_uri": (str,), "objects": (list,),
+                "references": (list,)}
 _JSONL_ROW_SCHEMA = pa.schema([pa.field("image", pa.string()) if f.name == "image" else f for f in INSTRUCTION_SCHEMA])
 
 

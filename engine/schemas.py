@@ -12,7 +12,8 @@ from typing import Sequence
 import pyarrow as pa
 
 # Input: one row per (image, instruction). Exactly one of image / image_uri is set.
-# `objects` is optional ground truth (synthetic scenes, evaluation sets).
+# `objects` (the objects in the image) and `references` (reference descriptions of the image,
+# for caption metrics) are optional ground truth (synthetic scenes, evaluation sets).
 INSTRUCTION_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -20,6 +21,7 @@ INSTRUCTION_SCHEMA = pa.schema(
         pa.field("image", pa.binary()),
         pa.field("image_uri", pa.string()),
         pa.field("objects", pa.list_(pa.string())),
+        pa.field("references", pa.list_(pa.string())),
         # Set by the reader on a row it could not read (a JSONL line that is not JSON, a field
         # of the wrong type...): where and why. Validation diverts the row with it.
         pa.field("read_error", pa.string()),
