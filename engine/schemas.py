@@ -28,6 +28,26 @@ INSTRUCTION_SCHEMA = pa.schema(
     ]
 )
 
+# RLHF-V style corrections: an answer to (image, question) and its correction, for DDPO
+# (`jobs/train.py --corrections`). chosen is the corrected answer, rejected the original; as in
+# instructions, exactly one of image / image_uri is set. `id` is optional (an empty one: the row
+# is numbered). `edits`, where known, are the corrected spans as character offsets [start, end)
+# into each answer: a sentence rewritten, or removed (an empty chosen span).
+EDIT = pa.struct([("rejected_start", pa.int32()), ("rejected_end", pa.int32()),
+                  ("chosen_start", pa.int32()), ("chosen_end", pa.int32())])
+CORRECTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("rejected", pa.string()),
+        pa.field("chosen", pa.string()),
+        pa.field("edits", pa.list_(EDIT)),
+        pa.field("read_error", pa.string()),  # as in INSTRUCTION_SCHEMA: the reader's, on a row it could not read
+    ]
+)
+
 PAIR_SCHEMA = pa.schema(
     [
         pa.field("pair_id", pa.string(), nullable=False),

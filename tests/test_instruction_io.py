@@ -134,3 +134,10 @@ def test_image_errors_name_the_uri_without_credentials(uri, shown):
     with pytest.raises(OSError) as info:
         load_image_bytes(uri)
     assert shown in str(info.value) and "secret" not in str(info.value) and "abc" not in str(info.value)
+
+
+def test_a_hugging_face_image_struct_gives_its_bytes():
+    images = pa.array([{"bytes": b"png", "path": "a.png"}, None],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    out = normalise_instructions(pa.table({"id": ["a", "b"], "prompt": ["p", "q"], "image": images}))
+    assert out["image"].to_pylist() == [b"png", None]
