@@ -10,6 +10,8 @@ Per image the policy
     objects of the vocabulary the image lacks (drawn with a seed derived from the row id, so
     every iteration is asked the same questions), read from its p_yes / p_no as the labeler
     is: accuracy, precision, recall, F1 (AMBER: "no" is the positive class), yes-ratio.
+Where rows carry reference descriptions (`references`), the descriptions' CIDEr-D and BLEU-4
+against them (engine.captions) over those rows; None when no row has any.
 A row that cannot be evaluated (bad image, no `objects`) is kept in rows.parquet with its
 reason and left out of the metrics.
 """
@@ -24,6 +26,7 @@ import msgspec
 import pyarrow as pa
 
 from engine import hallucination as hal
+from engine.captions import caption_scores
 from engine.config import Config, EvalConfig, ModelConfig, Resources, actor_gpus
 from engine.config_check import check_eval
 from engine.errors import InputError
@@ -42,6 +45,7 @@ EVAL_ROW_SCHEMA = pa.schema(
         pa.field("reject_reason", pa.string()),
         pa.field("reject_detail", pa.string()),
         pa.field("objects", pa.list_(pa.string())),
+        pa.field("references", pa.list_(pa.string())),
         pa.field("description", pa.string()),
         pa.field("n_words", pa.int32()),
         pa.field("mentions", pa.list_(pa.string())),
@@ -135,6 +139,8 @@ def score_rows(rows: list[dict], vocab: hal.Vocabulary) -> dict:
     truths = [t for r in rows for t in r["probe_truths"]]
     answers = [hal.says_yes(y, n) for r in rows for y, n in zip(r["p_yes"], r["p_no"])]
     probes = hal.probe_metrics(truths, answers)
+    referenced = [r for r in rows if r.get("references")]
+    captions = caption_scores([r["description"] for r in referenced], [r["references"] for r in referenced])
     return {
         "chair_s": chair["chair_s"],
         "chair_i": chair["chair_i"],
@@ -144,6 +150,8 @@ def score_rows(rows: list[dict], vocab: hal.Vocabulary) -> dict:
         "coverage": hal.coverage([r["mentions"] for r in rows],
                                  [hal.listed_objects(r["objects"], vocab) for r in rows]),
         "mean_words": sum(r["n_words"] for r in rows) / len(rows) if rows else 0.0,
+        **captions,
+        "rows_with_references": len(referenced),
         "probes": probes["probes"],
         "probe_accuracy": probes["accuracy"],
         "probe_precision": probes["precision"],

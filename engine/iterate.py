@@ -71,7 +71,7 @@ def _evaluate(cfg: Config, model_path: str, out_dir: str) -> dict | None:
 
 # Where an iteration's held-out evaluations go, under its directory.
 EVAL_INITIAL_DIR, EVAL_DIR = "eval_initial", "eval"
-EVAL_KEYS = ("chair_s", "chair_i", "mean_words", "probe_accuracy", "probe_f1")
+EVAL_KEYS = ("chair_s", "chair_i", "cider", "bleu_4", "mean_words", "probe_accuracy", "probe_f1")
 
 
 def format_iteration(summary: dict) -> str:

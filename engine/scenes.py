@@ -113,7 +113,8 @@ def instruction_for(kind: str, scene: Scene, rng: random.Random) -> str:
 
 
 def make_instructions(n: int, seed: int, kinds: tuple[str, ...] = ("describe",), size: int = 96) -> pa.Table:
-    """n scenes as instruction rows (INSTRUCTION_SCHEMA); kinds cycle over the rows."""
+    """n scenes as instruction rows (INSTRUCTION_SCHEMA) with their ground truth: the objects and
+    the scene grammar's description as the one reference; kinds cycle over the rows."""
     unknown = [k for k in kinds if k not in INSTRUCTION_KINDS]
     if not kinds or unknown:
         raise ValueError(f"kinds must be a non-empty selection of {INSTRUCTION_KINDS}, got {tuple(kinds)}")
@@ -129,6 +130,7 @@ def make_instructions(n: int, seed: int, kinds: tuple[str, ...] = ("describe",),
             "image": render(scene, size),
             "image_uri": None,
             "objects": [o.name for o in scene],
+            "references": [describe(scene)],
         })
     return pa.Table.from_pylist(rows, schema=INSTRUCTION_SCHEMA)
 

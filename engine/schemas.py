@@ -15,7 +15,8 @@ import pyarrow as pa
 from datasets import Features, Image, List, Value
 
 # Input: one row per (image, instruction). Exactly one of image / image_uri is set.
-# `objects` is optional ground truth (synthetic scenes, evaluation sets).
+# `objects` (the objects in the image) and `references` (reference descriptions of the image,
+# for caption metrics) are optional ground truth (synthetic scenes, evaluation sets).
 INSTRUCTION_SCHEMA = pa.schema(
     [
         pa.field("id", pa.string(), nullable=False),
@@ -23,9 +24,30 @@ INSTRUCTION_SCHEMA = pa.schema(
         pa.field("image", pa.binary()),
         pa.field("image_uri", pa.string()),
         pa.field("objects", pa.list_(pa.string())),
+        pa.field("references", pa.list_(pa.string())),
         # Set by the reader on a row it could not read (a JSONL line that is not JSON, a field
         # of the wrong type...): where and why. Validation diverts the row with it.
         pa.field("read_error", pa.string()),
+    ]
+)
+
+# RLHF-V style corrections: an answer to (image, question) and its correction, for DDPO
+# (`jobs/train.py --corrections`). chosen is the corrected answer, rejected the original; as in
+# instructions, exactly one of image / image_uri is set. `id` is optional (an empty one: the row
+# is numbered). `edits`, where known, are the corrected spans as character offsets [start, end)
+# into each answer: a sentence rewritten, or removed (an empty chosen span).
+EDIT = pa.struct([("rejected_start", pa.int32()), ("rejected_end", pa.int32()),
+                  ("chosen_start", pa.int32()), ("chosen_end", pa.int32())])
+CORRECTION_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("rejected", pa.string()),
+        pa.field("chosen", pa.string()),
+        pa.field("edits", pa.list_(EDIT)),
+        pa.field("read_error", pa.string()),  # as in INSTRUCTION_SCHEMA: the reader's, on a row it could not read
     ]
 )
 

@@ -13,8 +13,9 @@ import click
 from engine.cli import Job, config_option, set_option
 from engine.config import load_config
 from engine.preflight import policy_at, preflight
+from engine.schemas import CORRECTION_SCHEMA
 
-CORRECTION_ROLES = ("image", "question", "chosen", "rejected", "id")
+CORRECTION_ROLES = tuple(name for name in CORRECTION_SCHEMA.names if name != "read_error")
 
 
 def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -34,11 +35,12 @@ def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.option("--pairs", "pairs_dir", default=None,
               help="Directory (local or fsspec URL) of Parquet pair shards, e.g. <run>/iter_0/pairs.")
 @click.option("--corrections", default=None,
-              help="Instead of --pairs: an RLHF-V style correction file (.parquet, or .jsonl with image "
-                   "paths) with image, question, chosen (corrected) and rejected (original) columns. It is "
-                   "turned into pair shards under <out>/pairs (reference log-probs from --init) first.")
+              help="Instead of --pairs: an RLHF-V style correction file (.parquet or .jsonl, "
+                   "engine.schemas.CORRECTION_SCHEMA: image or image_uri, question, chosen (corrected) and "
+                   "rejected (original)). It is turned into pair shards under <out>/pairs (reference "
+                   "log-probs from --init) first; unusable rows go to <out>/rejects.")
 @click.option("--column", "columns", multiple=True, metavar="ROLE=COLUMN",
-              help="Column name of a correction file role (image, question, chosen, rejected, id), "
+              help=f"Column name of a correction file role ({', '.join(CORRECTION_ROLES)}), "
                    "e.g. --column question=prompt (repeatable).")
 @click.option("--init", "init_model", default=None,
               help="Model to train: a Hugging Face model dir or tiny:llava (default: models.policy.path).")
@@ -83,12 +85,12 @@ def _corrections_to_pairs(cfg, url: str, columns: dict[str, str], init_model: st
     import msgspec
 
     from engine.storage import join, write_parquet_atomic
-    from train.data import CorrectionColumns, pairs_from_corrections, read_correction_table
+    from train.data import pairs_from_corrections, read_correction_table
 
     # The policy's backend settings (backend, dtype, ...) with --init's model.
     init_cfg = msgspec.structs.replace(cfg.models.policy, path=init_model)
-    pairs, rejects = pairs_from_corrections(read_correction_table(url), init_cfg, cfg.models.cache_dir,
-                                            CorrectionColumns(**columns), validate=cfg.validate)
+    pairs, rejects = pairs_from_corrections(read_correction_table(url, columns), init_cfg, cfg.models.cache_dir,
+                                            validate=cfg.validate)
     pairs_dir = join(out_dir, "pairs")
     write_parquet_atomic(pairs, join(pairs_dir, "corrections.parquet"))
     if rejects.num_rows:

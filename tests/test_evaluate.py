@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from engine import hallucination as hal
+from engine.captions import caption_scores
 from engine.config import ConfigError, EvalConfig, load_config
 from engine.evaluation import EVAL_ROW_SCHEMA, METRICS_FILE, ROWS_FILE, evaluate_policy, plan_probes
 from engine.storage import read_json
@@ -23,9 +24,11 @@ HELDOUT = REPO / "data" / "smoke" / "heldout.parquet"
 
 @pytest.fixture(scope="module")
 def heldout(tmp_path_factory) -> str:
-    """4 shipped held-out rows plus one without ground truth and one with a broken image."""
-    rows = [{"id": r["id"], "prompt": r["prompt"], "image": b64encode(r["image"]).decode(), "objects": r["objects"]}
-            for r in pq.read_table(HELDOUT).to_pylist()[:4]]
+    """4 shipped held-out rows (the last without references) plus one without ground truth and
+    one with a broken image."""
+    rows = [{"id": r["id"], "prompt": r["prompt"], "image": b64encode(r["image"]).decode(), "objects": r["objects"],
+             "references": r["references"]} for r in pq.read_table(HELDOUT).to_pylist()[:4]]
+    rows[3]["references"] = None
     rows += [{**rows[0], "id": "no-objects", "objects": None},
              {**rows[0], "id": "bad-image", "image": b64encode(b"not an image").decode()}]
     path = tmp_path_factory.mktemp("heldout") / "heldout.jsonl"
@@ -92,6 +95,10 @@ def test_evaluate_policy_writes_rows_and_metrics(model_cache, heldout, tmp_path)
     chair = hal.chair([r["mentions"] for r in live], [r["hallucinated"] for r in live])
     assert (metrics["chair_s"], metrics["chair_i"]) == (chair["chair_s"], chair["chair_i"])
     assert metrics["mean_words"] == pytest.approx(sum(r["n_words"] for r in live) / 4)
+    # caption scores over the rows that have references, the row without them left out
+    assert metrics["rows_with_references"] == 3 and live[3]["references"] is None
+    captions = caption_scores([r["description"] for r in live[:3]], [r["references"] for r in live[:3]])
+    assert (metrics["cider"], metrics["bleu_4"]) == (captions["cider"], captions["bleu_4"])
 
     again = evaluate_policy(cfg, "tiny:llava")  # deterministic: greedy, seeded probe draws
     assert {k: v for k, v in again.items() if k != "wall_seconds"} == {

@@ -18,7 +18,8 @@ from engine.schemas import INSTRUCTION_SCHEMA
 def mixed_table() -> pa.Table:
     """Scene rows plus a row that points at its image instead of carrying it."""
     rows = make_instructions(3, seed=0).to_pylist()
-    rows.append({"id": "by-uri", "prompt": "p", "image": None, "image_uri": "memory://imgs/a.png", "objects": None})
+    rows.append({"id": "by-uri", "prompt": "p", "image": None, "image_uri": "memory://imgs/a.png", "objects": None,
+                 "references": None})
     return pa.Table.from_pylist(rows, schema=INSTRUCTION_SCHEMA)
 
 
@@ -38,7 +39,8 @@ def test_jsonl_carries_base64_images_and_every_column(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text().splitlines()]
     assert base64.b64decode(lines[0]["image"]) == table["image"][0].as_py()
     assert lines[-1] == {"id": "by-uri", "prompt": "p", "image": None, "image_uri": "memory://imgs/a.png",
-                         "objects": None}
+                         "objects": None, "references": None}
+    assert lines[0]["references"] == table["references"][0].as_py() and len(lines[0]["references"]) == 1
 
 
 def test_jsonl_columns_are_the_union_over_lines(tmp_path):
@@ -100,18 +102,20 @@ def test_every_unreadable_jsonl_line_is_one_row_with_its_error(tmp_path):
     good = b'{"id": "ok", "prompt": "Describe."}'
     lines = [good, b'{"id": "cut", "prompt": "Descr', b'\xff\xfe not utf-8', b'[1, 2]',
              b'{"id": "num", "prompt": 7}', b'{"id": 8, "prompt": "p", "objects": "cat"}',
-             b'{"id": "sur", "prompt": "\\ud800"}', b'', b'{"id": 9, "prompt": "int ids are read as text"}']
+             b'{"id": "sur", "prompt": "\\ud800"}', b'', b'{"id": 9, "prompt": "int ids are read as text"}',
+             b'{"id": "ref", "prompt": "p", "references": [1]}']
     path = tmp_path / "mixed.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     rows = read_instruction_table(str(path)).to_pylist()
     assert [(row["id"], row["read_error"] is None) for row in rows] == [
         ("ok", True), ("mixed.jsonl:2", False), ("mixed.jsonl:3", False), ("mixed.jsonl:4", False),
-        ("num", False), ("8", False), ("sur", False), ("9", True)]
+        ("num", False), ("8", False), ("sur", False), ("9", True), ("ref", False)]
     errors = [row["read_error"] for row in rows if row["read_error"]]
     assert all(f"{path} line " in error for error in errors)
     assert "line 2 is not JSON" in errors[0] and "line 3 is not UTF-8" in errors[1]
     assert "line 4 is not a JSON object" in errors[2] and "'prompt' is int" in errors[3]
     assert "'objects' is str" in errors[4] and "lone surrogate" in errors[5]
+    assert "'references' must be a list of strings" in errors[6]
 
 
 def test_a_binary_file_named_jsonl_gives_diverted_rows_not_a_crash(tmp_path):
@@ -130,3 +134,10 @@ def test_image_errors_name_the_uri_without_credentials(uri, shown):
     with pytest.raises(OSError) as info:
         load_image_bytes(uri)
     assert shown in str(info.value) and "secret" not in str(info.value) and "abc" not in str(info.value)
+
+
+def test_a_hugging_face_image_struct_gives_its_bytes():
+    images = pa.array([{"bytes": b"png", "path": "a.png"}, None],
+                      pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    out = normalise_instructions(pa.table({"id": ["a", "b"], "prompt": ["p", "q"], "image": images}))
+    assert out["image"].to_pylist() == [b"png", None]

@@ -40,6 +40,9 @@ def test_same_seed_same_bytes_and_labels():
     a, b = make_instructions(12, seed=5), make_instructions(12, seed=5)
     assert a.equals(b) and a.schema == INSTRUCTION_SCHEMA
     assert a["id"].to_pylist()[:2] == ["scene-5-00000", "scene-5-00001"]
+    # the one reference is the scene grammar's description of the listed objects
+    for objects, (reference,) in zip(a["objects"].to_pylist(), a["references"].to_pylist()):
+        assert [f"{c} {s}" for c, s in re.findall(r"There is a (\w+) (\w+) at", reference)] == objects
     other = make_instructions(12, seed=6)
     assert other["image"].to_pylist() != a["image"].to_pylist()
     assert other["objects"].to_pylist() != a["objects"].to_pylist()

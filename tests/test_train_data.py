@@ -14,14 +14,15 @@ from transformers import AutoProcessor
 
 from engine import chat
 from engine.config import ModelConfig
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA
+from engine.instruction_io import CORRECTIONS, write_rows
+from engine.schemas import CORRECTION_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
 from engine.writer import pair_record
 from train.data import (
     BatchPlan,
-    CorrectionColumns,
     PairDataError,
     collate_pairs,
     pairs_from_corrections,
+    read_correction_table,
     read_pair_dataset,
     rows_of,
 )
@@ -183,7 +184,7 @@ def test_read_pair_dataset_checks_the_shards(tmp_path, ray_local):
 # ------------------------------------------------------------------ RLHF-V corrections
 
 
-def test_pairs_from_corrections(tiny_llava_dir, model_cache):
+def test_pairs_from_corrections(tiny_llava_dir, model_cache, tmp_path):
     from engine.backends.base import Prompt
     from engine.backends.hf import HFBackend
 
@@ -193,9 +194,11 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):
         "fixed": ["There is a red circle.", "a blue star", "x", "same"],
         "orig": ["There is a green circle.", "a blue star and a red cross", "y", " same "],
     })
-    columns = CorrectionColumns(image="img", question="q", chosen="fixed", rejected="orig")
+    pq.write_table(table, tmp_path / "c.parquet")
+    columns = {"image": "img", "question": "q", "chosen": "fixed", "rejected": "orig"}
     init_model = ModelConfig(path=tiny_llava_dir)
-    pairs, rejects = pairs_from_corrections(table, init_model, model_cache, columns, iteration=3)
+    corrections = read_correction_table(str(tmp_path / "c.parquet"), columns)
+    pairs, rejects = pairs_from_corrections(corrections, init_model, model_cache, iteration=3)
     assert pairs.schema == PAIR_SCHEMA and rejects.schema == REJECT_SCHEMA
     assert pairs["instruction_id"].to_pylist() == ["correction-0", "correction-1"]
     assert sorted(rejects["reason"].to_pylist()) == ["equal_answers", "undecodable_image"]
@@ -208,4 +211,44 @@ def test_pairs_from_corrections(tiny_llava_dir, model_cache):
     assert pairs["ref_rejected_logps"][0].as_py() == pytest.approx(expected[1][0], abs=1e-4)
     assert np.isfinite(pairs["ref_rejected_logps"].to_numpy()).all()
     with pytest.raises(PairDataError, match="lacks column"):
-        pairs_from_corrections(table, init_model, model_cache)
+        read_correction_table(str(tmp_path / "c.parquet"))
+
+
+def correction_rows() -> list[dict]:
+    return [
+        {"id": "a", "image": png(1), "image_uri": None, "question": "Describe.", "rejected": "A red star. A cat.",
+         "chosen": "A red star.", "edits": [{"rejected_start": 12, "rejected_end": 18, "chosen_start": 11,
+                                              "chosen_end": 11}]},
+        {"id": "b", "image": None, "image_uri": "memory://corrections/b.png", "question": "Describe.",
+         "rejected": "A dog.", "chosen": "A blue circle.", "edits": None},
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_corrections_round_trip_through_the_schema(tmp_path, suffix):
+    table = pa.Table.from_pylist([{**row, "read_error": None} for row in correction_rows()], schema=CORRECTION_SCHEMA)
+    write_rows(table, str(tmp_path / f"c{suffix}"), CORRECTIONS)
+    assert read_correction_table(str(tmp_path / f"c{suffix}")).equals(table)
+
+
+def test_bad_correction_rows_are_diverted_with_reasons(tmp_path, model_cache):
+    """Every row bad: each is diverted with its reason and no model is loaded."""
+    import base64
+    import json
+
+    good = {**correction_rows()[0], "image": base64.b64encode(png(1)).decode()}
+    lines = [json.dumps({**good, "id": "no-image", "image": None}),
+             json.dumps({**good, "id": "lost", "image": None, "image_uri": str(tmp_path / "none.png")}),
+             json.dumps({**good, "id": "same", "chosen": good["rejected"]}),
+             json.dumps({**good, "id": "empty", "chosen": " "}),
+             json.dumps({**good, "id": "edits", "edits": [{"rejected_start": "x"}]}),
+             "{not json"]
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    table = read_correction_table(str(tmp_path / "c.jsonl"))
+    pairs, rejects = pairs_from_corrections(table, ModelConfig(path="tiny:does-not-exist"), model_cache)
+    assert pairs.num_rows == 0
+    assert dict(zip(rejects["instruction_id"].to_pylist(), rejects["reason"].to_pylist())) == {
+        "no-image": "missing_image", "lost": "missing_image", "same": "equal_answers", "empty": "empty_text",
+        "edits": "unreadable_row", "c.jsonl:6": "unreadable_row"}
+    details = dict(zip(rejects["instruction_id"].to_pylist(), rejects["detail"].to_pylist()))
+    assert "'edits' does not fit" in details["edits"] and "none.png" in details["lost"]

@@ -9,6 +9,8 @@ from pathlib import Path
 PLOTTED = (
     ("chair_s", "CHAIR_s (responses with a hallucination)"),
     ("chair_i", "CHAIR_i (hallucinated mentions)"),
+    ("cider", "CIDEr-D against the scene grammar's description"),
+    ("bleu_4", "BLEU-4 against the scene grammar's description"),
     ("probe_accuracy", "yes/no probe accuracy"),
     ("mean_words", "mean description length (words)"),
     ("grammatical", "descriptions wholly in the scene grammar"),
@@ -23,7 +25,7 @@ def plot_metrics(per_seed: dict[int, list[dict]], out: str | Path, title: str) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5), constrained_layout=True)
+    fig, axes = plt.subplots(2, 4, figsize=(17, 6.5), constrained_layout=True)
     for ax, (key, label) in zip(axes.flat, PLOTTED):
         series = [[m[key] for m in metrics] for metrics in per_seed.values()]
         for seed, values in zip(per_seed, series):

@@ -25,7 +25,8 @@ from toyworld.grammar import grammatical_share
 
 TOYWORLD_CONFIG = "configs/toyworld.toml"
 # (metric key of engine.evaluation, column title)
-COLUMNS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("probe_accuracy", "yes/no acc"),
+COLUMNS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("cider", "CIDEr"), ("bleu_4", "BLEU-4"),
+           ("probe_accuracy", "yes/no acc"),
            ("mean_words", "words"), ("coverage", "coverage"), ("grammatical", "grammatical"))
 
 

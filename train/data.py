@@ -10,7 +10,8 @@
 - `collate_pairs`: pair rows -> one padded batch of 2B sequences (chosen rows, then rejected
   rows), tokenised by engine.chat exactly as the engine computed the reference log-probs, and
   for DDPO the changed-token masks of train/ddpo_masks.py.
-- `pairs_from_corrections`: RLHF-V style correction rows -> pair rows (+ rejects).
+- `read_correction_table`, `pairs_from_corrections`: RLHF-V style correction rows
+  (engine.schemas.CORRECTION_SCHEMA) -> pair rows (+ rejects).
 """
 
 from __future__ import annotations
@@ -226,75 +227,51 @@ def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor, kind: st
     return mask
 
 
-@dataclass(frozen=True)
-class CorrectionColumns:
-    """Column names of an RLHF-V style correction table (chosen = the corrected answer,
-    rejected = the original). `id` names an instruction id column; None numbers the rows."""
+def read_correction_table(url: str, columns: dict[str, str] | None = None, format: str = "auto") -> pa.Table:
+    """A correction file (Parquet, or JSONL with base64 images or image_uri paths) via fsspec, as
+    CORRECTION_SCHEMA rows; `columns` maps a schema field to the file's column of another name
+    ({"question": "prompt"}). A file no row of which could be read is a PairDataError."""
+    from engine.instruction_io import CORRECTIONS, read_rows
 
-    image: str = "image"
-    question: str = "question"
-    chosen: str = "chosen"
-    rejected: str = "rejected"
-    id: str | None = None
-
-
-def read_correction_table(url: str) -> pa.Table:
-    """A correction file (Parquet, or JSONL whose images are paths/URIs) via fsspec."""
-    import json
-
-    fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        if url.endswith(".parquet"):
-            return pq.read_table(f)
-        if url.endswith((".jsonl", ".json")):
-            return pa.Table.from_pylist([json.loads(line) for line in f.read().decode().splitlines() if line.strip()])
-    raise PairDataError(f"cannot tell the format of {url!r}: name it .parquet or .jsonl")
-
-
-def _image_bytes(value: Any) -> bytes | None:
-    """bytes, a Hugging Face datasets Image struct {"bytes": ..., "path": ...}, or a URI."""
-    if isinstance(value, dict):
-        value = value.get("bytes") or value.get("path")
-    if isinstance(value, str):
-        from engine.instruction_io import load_image_bytes
-
-        return load_image_bytes(value)
-    return value
+    try:
+        return read_rows(url, CORRECTIONS, format, columns)
+    except ValueError as exc:  # a required column missing, unknown format, unconvertible column
+        raise PairDataError(f"correction file {url}: {exc}") from None
 
 
 def pairs_from_corrections(
     table: pa.Table,
     init_model: ModelConfig,
     cache_dir: str,
-    columns: CorrectionColumns = CorrectionColumns(),
     iteration: int = 0,
     validate: ValidateConfig = ValidateConfig(),
 ) -> tuple[pa.Table, pa.Table]:
-    """RLHF-V style corrections -> (PAIR_SCHEMA pairs, REJECT_SCHEMA rejects).
+    """RLHF-V style corrections (CORRECTION_SCHEMA, read_correction_table) -> (PAIR_SCHEMA pairs,
+    REJECT_SCHEMA rejects).
 
     The rows carry no reference log-probs, so the model to train computes them through the
-    engine's backend for `init_model` (the same path the pair stage takes). Rows with a
-    missing or bad image, an empty question or answer, or identical answers are diverted
-    with a reason. The pairs were not scored or sampled: scores and claim counts are 0 and
-    seeds -1.
+    engine's backend for `init_model` (the same path the pair stage takes). Rows the reader
+    could not read, with a missing or bad image, an empty question or answer, or identical
+    answers are diverted with a reason. A row without an id is numbered. The pairs were not
+    scored or sampled: scores and claim counts are 0 and seeds -1.
     """
     from engine.backends import make_backend
     from engine.backends.base import Prompt
     from engine.images import ImageRejected, decode_image
+    from engine.instruction_io import load_image_bytes
 
-    wanted = [columns.image, columns.question, columns.chosen, columns.rejected] + ([columns.id] if columns.id else [])
-    missing = [name for name in wanted if name not in table.column_names]
-    if missing:
-        raise PairDataError(f"correction table lacks column(s) {missing}; it has {table.column_names}")
     kept, images, rejects = [], [], []
-    for index, row in enumerate(table.select(wanted).to_pylist()):
-        instruction_id = str(row[columns.id]) if columns.id else f"correction-{index}"
-        question, chosen, rejected = (row[columns.question] or "", row[columns.chosen] or "", row[columns.rejected] or "")
+    for index, row in enumerate(table.to_pylist()):
+        instruction_id = row["id"] or f"correction-{index}"
+        question, chosen, rejected = row["question"] or "", row["chosen"] or "", row["rejected"] or ""
 
         def divert(reason: str, detail: str) -> None:
             rejects.append({"instruction_id": instruction_id, "iteration": iteration, "stage": "corrections",
                             "reason": reason, "detail": detail, "answer_index": -1, "prompt": question})
 
+        if row["read_error"]:
+            divert("unreadable_row", row["read_error"])
+            continue
         if not question.strip() or not chosen.strip() or not rejected.strip():
             divert("empty_text", "the question, chosen or rejected answer is empty")
             continue
@@ -302,7 +279,7 @@ def pairs_from_corrections(
             divert("equal_answers", "the correction equals the original answer: nothing to learn")
             continue
         try:
-            data = _image_bytes(row[columns.image])
+            data = row["image"] or (load_image_bytes(row["image_uri"]) if row["image_uri"] else None)
             image = decode_image(data, validate.max_image_bytes, validate.max_image_pixels)
         except ImageRejected as exc:
             divert(exc.reason, exc.detail)
