@@ -163,3 +163,18 @@ def test_toyworld_runs_one_iteration_end_to_end(ray_local, tmp_path, model_cache
     metrics, _ = run_seed(cfg, echo=lambda _: None)
     assert len(metrics) == 2 and all(0 <= m["chair_s"] <= 1 for m in metrics)
     assert "CHAIR_s" in format_table({0: metrics}) and "chair_s_relative_cut" in acceptance({0: metrics})
+
+
+def test_the_plot_has_fixed_zero_based_axes_and_the_setup_in_its_title(tmp_path):
+    from toyworld.plot import draw, plot_metrics
+
+    metrics = {key: 0.5 for key in ("chair_s", "chair_i", "probe_accuracy", "grammatical", "coverage")}
+    per_seed = {seed: [{**metrics, "mean_words": 20.0 + seed}, {**metrics, "chair_s": 0.4, "mean_words": 21.0}]
+                for seed in (0, 1)}
+    fig = draw(per_seed, "toyworld: seeds 0,1\nheld-out: 200 scenes")
+    shown = {ax.get_title().split("\n")[0]: ax for ax in fig.axes if ax.axison}
+    assert shown["CHAIR_s (responses with a hallucination)"].get_ylim() == (0, 1)  # not zoomed onto 0.4-0.5
+    assert shown["mean description length (words)"].get_ylim()[0] == 0
+    assert "lower is better" in shown["CHAIR_s (responses with a hallucination)"].get_title()
+    assert "held-out: 200 scenes" in fig._suptitle.get_text()
+    assert plot_metrics(per_seed, tmp_path / "plot.png", "t").stat().st_size > 0

@@ -96,6 +96,15 @@ def format_table(per_seed: dict[int, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def plot_title(cfg: Config, seeds: str, per_seed: dict[int, list[dict]]) -> str:
+    """What was measured, on what: a plot that travels without its run stays readable."""
+    rows = next(iter(per_seed.values()))[0].get("rows_evaluated", "?")
+    decoding = "greedy" if cfg.eval.temperature == 0 else f"temperature {cfg.eval.temperature}"
+    return (f"{cfg.run.name}: seeds {seeds}, {cfg.run.iterations} iterations of {cfg.sample.n} answers per "
+            f"instruction\nheld-out: {rows} scenes of {cfg.eval.heldout_path}, {decoding} descriptions of "
+            f"{cfg.eval.prompt!r}, {cfg.eval.probes_per_image} yes/no probes per image")
+
+
 def acceptance(per_seed: dict[int, list[dict]]) -> dict:
     """Relative CHAIR_s cut and description length change, first to last iteration, of the
     seed means (issue 8: a cut of at least 30% with at most 20% shorter descriptions)."""
@@ -132,7 +141,7 @@ def main(config_path, overrides, seeds, plot_path):
     result = {"per_seed": per_seed, "wall_seconds": walls, **acceptance(per_seed)}
     click.echo(json.dumps({key: value for key, value in result.items() if key != "per_seed"}, indent=1))
     out = Path(cfg.run.output_dir)
-    plot = plot_metrics(per_seed, plot_path or out / f"{cfg.run.name}.png", f"{cfg.run.name}: seeds {seeds}")
+    plot = plot_metrics(per_seed, plot_path or out / f"{cfg.run.name}.png", plot_title(cfg, seeds, per_seed))
     (out / f"{cfg.run.name}.json").write_text(json.dumps(result, indent=1))
     click.echo(f"plot: {plot}")
 
