@@ -44,8 +44,8 @@ class ModelConfig(_Strict):
     backend: Literal["hf", "vllm", "toy-grammar"] = "hf"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_model_len: AtLeast1 = 2048
-    # hf only: rows per forward when scoring yes/no questions and log-probs (bounds the
-    # memory of the expanded image-prefix caches).
+    # hf only: questions per forward when scoring yes/no (bounds the memory of the expanded
+    # image-prefix caches).
     batch_size: AtLeast1 = 16
     # vLLM only: share of GPU memory for weights + KV cache, and tensor parallel degree.
     gpu_memory_utilization: Share = 0.85
