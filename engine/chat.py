@@ -110,6 +110,11 @@ def encode_prompts(
     return _tokenize(processor, texts, images, padding_side="left")
 
 
+def prompt_length(processor: Any, image: Image.Image | None, prompt: str) -> int:
+    """Tokens of one rendered prompt with its image placeholder expanded: what the model reads."""
+    return encode_prompts(processor, [image], [prompt])["input_ids"].shape[1]
+
+
 def encode_shared_image_prompts(
     processor: Any,
     image: Image.Image,

@@ -20,6 +20,7 @@ from engine.backends import make_backend
 from engine.backends.base import Completion, Prompt, SamplingParams, grammar_safe_schema, yes_no_token_ids
 from engine.backends.hf import HFBackend, draw_tokens, shared_prefix_length
 from engine.config import ModelConfig
+from engine.tiny_models import IMAGE_TOKENS_PER_IMAGE
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
 
@@ -236,6 +237,13 @@ def test_an_answers_logprob_is_bitwise_the_same_alone_and_among_differently_long
     alone = [hf_llava.logprobs([prompt], [answer])[0] for prompt, answer in zip(prompts, answers)]
     assert hf_llava.logprobs(prompts, answers) == alone  # float ==: bit for bit
     assert hf_llava.logprobs(prompts[::-1], answers[::-1]) == alone[::-1]
+
+
+def test_prompt_tokens_count_what_the_model_reads_image_tokens_included(hf_llava):
+    text_only = hf_llava.prompt_tokens(Prompt(None, "Describe the image."))
+    with_image = hf_llava.prompt_tokens(Prompt(noise_image(1), "Describe the image."))
+    assert text_only == len(chat.prompt_token_ids(hf_llava.processor, "Describe the image.", has_image=False))
+    assert with_image - text_only > IMAGE_TOKENS_PER_IMAGE  # the image's tokens and its line break
 
 
 def test_make_backend_builds_the_hf_backend(model_cache):

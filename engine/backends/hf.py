@@ -177,6 +177,9 @@ class HFBackend:
             logits = output.logits[:, -1].float()
         return tokens
 
+    def prompt_tokens(self, item: Prompt) -> int:
+        return chat.prompt_length(self.processor, item.image, item.text)
+
     def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         check_sample_args(items, seeds)
         results = []
