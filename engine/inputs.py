@@ -3,7 +3,13 @@ streamed Ray Dataset of INSTRUCTION_SCHEMA rows."""
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+from typing import Iterator
+
+import msgspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.config import InputConfig
 from engine.errors import InputError
@@ -25,6 +31,53 @@ def check_input(path: str, declared_format: str = "auto") -> None:
         raise InputError(f"input {path!r} is not reachable: {type(exc).__name__}: {exc}") from None
     if not found:
         raise InputError(f"input {path!r} does not exist")
+
+
+class _InstructionId(msgspec.Struct):
+    """A JSONL line read for its id alone: msgspec skips the other fields without building them."""
+
+    id: str | int | None = None
+
+
+def check_unique_ids(input_cfg: InputConfig, shown: int = 3) -> None:
+    """Refuse an input that repeats an instruction id: pair ids, resumption (an id written once
+    counts as done) and training's check for repeated pair ids all take an id for one
+    instruction. Streams over the files reading ids only."""
+    counts = Counter(instruction_id for instruction_id in instruction_ids(input_cfg) if instruction_id)
+    repeated = [(instruction_id, n) for instruction_id, n in counts.items() if n > 1]
+    if repeated:
+        named = ", ".join(f"{instruction_id!r} x{n}" for instruction_id, n in repeated[:shown])
+        raise InputError(f"input {input_cfg.path!r} repeats instruction ids ({named}; {len(repeated)} repeated "
+                         "in all): give every instruction its own id")
+
+
+def instruction_ids(input_cfg: InputConfig) -> Iterator[str | None]:
+    """The id of each row the pass reads (the first input.limit), in reading order. None for a
+    JSONL line the reader turns into a diverted row named by its file and line."""
+    fmt = instruction_format(input_cfg.path, input_cfg.format)
+    fs, root = filesystem(input_cfg.path)
+    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
+    if fmt == "parquet":
+        files = [path for path in files if path.endswith(".parquet")]  # as ray.data.read_parquet
+    ids = (instruction_id for path in files for instruction_id in _file_ids(fs, path, fmt))
+    return itertools.islice(ids, input_cfg.limit or None)
+
+
+def _file_ids(fs, path: str, fmt: str) -> Iterator[str | None]:
+    with fs.open(path, "rb") as f:
+        if fmt == "parquet":
+            for batch in pq.ParquetFile(f).iter_batches(columns=["id"]):
+                yield from batch.column(0).cast(pa.string()).fill_null("").to_pylist()
+            return
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                instruction_id = msgspec.json.decode(line, type=_InstructionId).id
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                yield None
+                continue
+            yield "" if instruction_id is None else str(instruction_id)
 
 
 def read_instruction_dataset(input_cfg: InputConfig):
