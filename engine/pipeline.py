@@ -5,8 +5,9 @@ autoscaling actor pool sized by its config section's `resources`.
 Adding a stage: write its ModelStage subclass in engine/stages/, add one StageSpec below.
 Its timing column, summary row, pool-fit check and dashboard metrics follow from the spec.
 
-`plan_generation` only builds the lazy Dataset (the plan); `generate_pairs` executes it,
-runs the length-balancing pass and writes the manifest last.
+`plan_generation` only builds the lazy Dataset (the plan); `generate_pairs` claims the output
+directory (engine.generation_dir), executes the plan, runs the length-balancing pass and writes
+the manifest last.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from engine.backends import BackendFactory
 from engine.config import Config, ModelConfig, Resources, actor_gpus
+from engine.generation_dir import GENERATION_MANIFEST, claim_output_dir, pass_settings
 from engine.inputs import read_instruction_dataset
 from engine.ray_runtime import check_pools_fit
 from engine.schemas import REJECT_SCHEMA, instruction_stats_schema
@@ -32,8 +34,6 @@ from engine.stages.validate import validate_batch
 from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
 from engine.writer import finalize_pairs
-
-GENERATION_MANIFEST = "generation.json"
 
 # The model stages of a generation pass, in order (docs/algorithms.md §1-4).
 STAGES: tuple[StageSpec, ...] = (
@@ -131,11 +131,13 @@ def done_instruction_ids(out_dir: str, stages: Sequence[StageSpec] = STAGES) -> 
 
 def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfig | None = None,
                    stages: Sequence[StageSpec] = STAGES) -> dict:
-    """Run one generation pass into out_dir (resuming any earlier partial pass there) and
-    return its summary. `generation.json` is written last and marks the pass complete."""
+    """Run one generation pass into out_dir (resuming an earlier partial run of the same pass
+    there; another pass's outputs are refused) and return its summary. `generation.json` is
+    written last and marks the pass complete."""
     policy = policy or cfg.models.policy
     names = stage_names(stages)
     start = time.perf_counter()
+    claim_output_dir(out_dir, pass_settings(cfg, iteration, policy, stages))
     done = done_instruction_ids(out_dir, stages)
     ds = plan_generation(cfg, iteration, policy, done, stages)
     from engine.sink import IterationSink
