@@ -43,6 +43,7 @@ def check_unique_ids(input_cfg: InputConfig, shown: int = 3) -> None:
     """Refuse an input that repeats an instruction id: pair ids, resumption (an id written once
     counts as done) and training's check for repeated pair ids all take an id for one
     instruction. Streams over the files reading ids only."""
+    check_input(input_cfg.path, input_cfg.format)
     counts = Counter(instruction_id for instruction_id in instruction_ids(input_cfg) if instruction_id)
     repeated = [(instruction_id, n) for instruction_id, n in counts.items() if n > 1]
     if repeated:

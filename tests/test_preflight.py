@@ -202,6 +202,8 @@ def test_repeated_instruction_ids_are_refused_naming_a_few(tmp_path):
     with pytest.raises(InputError, match=r"repeats instruction ids \('a' x3, 'b' x2; 2 repeated in all\)"):
         preflight(_smoke(f"input.path={tmp_path / 'rows.parquet'}"))
     preflight(_smoke(f"input.path={tmp_path / 'rows.parquet'}", "input.limit=2"))  # the rows a pass reads
+    with pytest.raises(InputError, match="cannot tell the format"):
+        preflight(_smoke(f"input.path={tmp_path}"))
 
 
 def test_jsonl_ids_are_read_as_the_reader_reads_them(tmp_path):
