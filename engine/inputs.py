@@ -57,7 +57,8 @@ def instruction_ids(input_cfg: InputConfig) -> Iterator[str | None]:
     JSONL line the reader turns into a diverted row named by its file and line."""
     fmt = instruction_format(input_cfg.path, input_cfg.format)
     fs, root = filesystem(input_cfg.path)
-    files = sorted(fs.find(root)) if fs.isdir(root) else [root]
+    files = ([path for path in sorted(fs.find(root)) if not path.rsplit("/", 1)[-1].startswith((".", "_"))]
+             if fs.isdir(root) else [root])
     if fmt == "parquet":
         files = [path for path in files if path.endswith(".parquet")]  # as ray.data.read_parquet
     ids = (instruction_id for path in files for instruction_id in _file_ids(fs, path, fmt))
