@@ -41,15 +41,17 @@ def pass_settings(cfg: Config, iteration: int, policy: ModelConfig, stages: Sequ
 
 
 def claim_output_dir(out_dir: str, settings: dict) -> None:
-    """Write the start marker of a new pass, or check that out_dir's is this pass's."""
+    """Write the start marker of a new pass, or check that out_dir's outputs are this pass's. A
+    marker over no outputs (a pass that failed before writing any) is replaced: nothing stale
+    would be mixed in, and the corrected command must not be refused."""
     marker = join(out_dir, START_MARKER)
-    if exists(marker):
+    found = [name for name in PASS_OUTPUTS if exists(join(out_dir, name))]
+    if found and exists(marker):
         changed = changed_keys(read_json(marker), settings)
         if changed:
             raise OutputDirInUse(f"{out_dir} holds another generation pass's outputs (it differs in "
                                  f"{', '.join(changed)}): give a new output directory, or delete this one")
         return
-    found = [name for name in PASS_OUTPUTS if exists(join(out_dir, name))]
     if found:
         raise OutputDirInUse(f"{out_dir} holds generation outputs ({', '.join(found)}) without the start marker "
                              f"{START_MARKER} that says which pass wrote them: give a new output directory, "

@@ -212,3 +212,16 @@ def test_an_out_dir_of_outputs_without_a_start_marker_is_refused(mixed_input, mo
     (tmp_path / "pairs" / "part-00000.parquet").write_bytes(b"stale")
     assert "holds generation outputs (pairs) without the start marker" in refused(
         job_args(mixed_input, model_cache, tmp_path))
+
+
+def test_a_start_marker_over_no_outputs_gives_way_to_the_corrected_command(tmp_path):
+    from engine.config import load_config
+    from engine.generation_dir import START_MARKER, claim_output_dir, pass_settings
+    from engine.pipeline import STAGES
+
+    def settings(*extra):
+        return pass_settings(load_config(SMOKE, list(extra)), 0, load_config(SMOKE).models.policy, STAGES)
+
+    claim_output_dir(str(tmp_path), settings("run.seed=1"))  # a pass that failed before writing anything
+    claim_output_dir(str(tmp_path), settings("run.seed=2"))
+    assert json.loads((tmp_path / START_MARKER).read_text())["run"]["seed"] == 2
