@@ -94,6 +94,13 @@ def conversation_token_ids(processor: Any, prompt: str, response: str, has_image
     return _token_ids(tokenizer_of(processor), full), n_response
 
 
+def response_token_ids(processor: Any, prompt: str, response: str, has_image: bool) -> list[int]:
+    """The response's tokens as the whole conversation renders them: what follows the prompt
+    (rendered alone with the generation prompt), the end-of-turn token included."""
+    ids, n_response = conversation_token_ids(processor, prompt, response, has_image)
+    return ids[len(ids) - n_response:]
+
+
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     """Filler for padded positions (never attended to, never scored)."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -136,6 +143,11 @@ def encode_prompts(
     _check_rows(images, prompts)
     texts = [prompt_text(processor, prompt, image is not None) for image, prompt in zip(images, prompts)]
     return _tokenize(processor, texts, images, padding_side="left")
+
+
+def prompt_length(processor: Any, image: Image.Image | None, prompt: str) -> int:
+    """Tokens of one rendered prompt with its image placeholder expanded: what the model reads."""
+    return encode_prompts(processor, [image], [prompt])["input_ids"].shape[1]
 
 
 def encode_shared_image_prompts(

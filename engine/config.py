@@ -49,11 +49,11 @@ class ModelConfig(_Strict):
     dtype: Annotated[Literal["float32", "bfloat16", "float16"], Meta(description=(
         "Data type the weights are loaded in for inference; training uses train.precision."))] = "float32"
     max_model_len: Annotated[AtLeast1, Meta(description=(
-        "Most tokens of prompt plus answer; hf shortens the answer budget to fit and refuses a prompt "
-        "that leaves no room."))] = 2048
+        "Most tokens of prompt plus answer; the sample stage diverts a row whose prompt leaves no room "
+        "for sample.max_new_tokens as prompt_too_long_for_model."))] = 2048
     batch_size: Annotated[AtLeast1, Meta(description=(
-        "hf only: rows per forward when scoring yes/no questions and log-probs (bounds the memory of "
-        "the copied image-prefix caches)."))] = 16
+        "hf only: questions per forward when scoring yes/no (bounds the memory of the copied "
+        "image-prefix caches)."))] = 16
     gpu_memory_utilization: Annotated[Share, Meta(description=(
         "vllm only: share of GPU memory for weights and KV cache, per engine (Best-of-N halves it when "
         "policy and reference are two models)."))] = 0.85

@@ -3,7 +3,13 @@ streamed Ray Dataset of INSTRUCTION_SCHEMA rows."""
 
 from __future__ import annotations
 
+import itertools
+from collections import Counter
+from typing import Iterator
+
+import msgspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from engine.config import InputConfig
 from engine.errors import InputError
@@ -27,22 +33,71 @@ def check_input(path: str, declared_format: str = "auto") -> None:
         raise InputError(f"input {path!r} does not exist")
 
 
+def input_files(input_cfg: InputConfig) -> tuple[object, list[str], str]:
+    """(filesystem, the files a pass reads in order, their format): one file, or a directory's
+    files without hidden and underscore ones (_SUCCESS, .crc), Parquet ones only for Parquet,
+    as ray.data.read_parquet reads them."""
+    fmt = instruction_format(input_cfg.path, input_cfg.format)
+    fs, root = filesystem(input_cfg.path)
+    if not fs.isdir(root):
+        return fs, [root], fmt
+    files = [path for path in sorted(fs.find(root)) if not path.rsplit("/", 1)[-1].startswith((".", "_"))]
+    return fs, [path for path in files if fmt != "parquet" or path.endswith(".parquet")], fmt
+
+
 def count_instructions(input_cfg: InputConfig) -> int:
     """How many rows a pass over the input will read (for progress): Parquet from its footers,
     JSONL by counting non-blank lines, without decoding any row."""
-    import pyarrow.parquet as pq
-
-    fs, path = filesystem(input_cfg.path)
-    files = ([name for name in fs.find(path) if not name.rsplit("/", 1)[-1].startswith((".", "_"))]
-             if fs.isdir(path) else [path])
+    fs, files, fmt = input_files(input_cfg)
     total = 0
     for name in files:
         with fs.open(name, "rb") as f:
-            if instruction_format(input_cfg.path, input_cfg.format) == "parquet":
-                total += pq.ParquetFile(f).metadata.num_rows
-            else:
-                total += sum(1 for line in f if line.strip())
+            total += pq.ParquetFile(f).metadata.num_rows if fmt == "parquet" else sum(1 for line in f if line.strip())
     return min(total, input_cfg.limit) if input_cfg.limit else total
+
+
+class _InstructionId(msgspec.Struct):
+    """A JSONL line read for its id alone: msgspec skips the other fields without building them."""
+
+    id: str | int | None = None
+
+
+def check_unique_ids(input_cfg: InputConfig, shown: int = 3) -> None:
+    """Refuse an input that repeats an instruction id: pair ids, resumption (an id written once
+    counts as done) and training's check for repeated pair ids all take an id for one
+    instruction. Streams over the files reading ids only."""
+    check_input(input_cfg.path, input_cfg.format)
+    counts = Counter(instruction_id for instruction_id in instruction_ids(input_cfg) if instruction_id)
+    repeated = [(instruction_id, n) for instruction_id, n in counts.items() if n > 1]
+    if repeated:
+        named = ", ".join(f"{instruction_id!r} x{n}" for instruction_id, n in repeated[:shown])
+        raise InputError(f"input {input_cfg.path!r} repeats instruction ids ({named}; {len(repeated)} repeated "
+                         "in all): give every instruction its own id")
+
+
+def instruction_ids(input_cfg: InputConfig) -> Iterator[str | None]:
+    """The id of each row the pass reads (the first input.limit), in reading order. None for a
+    JSONL line the reader turns into a diverted row named by its file and line."""
+    fs, files, fmt = input_files(input_cfg)
+    ids = (instruction_id for path in files for instruction_id in _file_ids(fs, path, fmt))
+    return itertools.islice(ids, input_cfg.limit or None)
+
+
+def _file_ids(fs, path: str, fmt: str) -> Iterator[str | None]:
+    with fs.open(path, "rb") as f:
+        if fmt == "parquet":
+            for batch in pq.ParquetFile(f).iter_batches(columns=["id"]):
+                yield from batch.column(0).cast(pa.string()).fill_null("").to_pylist()
+            return
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                instruction_id = msgspec.json.decode(line, type=_InstructionId).id
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                yield None
+                continue
+            yield "" if instruction_id is None else str(instruction_id)
 
 
 def read_instruction_dataset(input_cfg: InputConfig):

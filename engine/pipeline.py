@@ -5,8 +5,9 @@ autoscaling actor pool sized by its config section's `resources`.
 Adding a stage: write its ModelStage subclass in engine/stages/, add one StageSpec below.
 Its timing column, summary row, pool-fit check and dashboard metrics follow from the spec.
 
-`plan_generation` only builds the lazy Dataset (the plan); `generate_pairs` executes it,
-runs the length-balancing pass and writes the manifest last.
+`plan_generation` only builds the lazy Dataset (the plan); `generate_pairs` claims the output
+directory (engine.generation_dir), executes the plan, runs the length-balancing pass and writes
+the manifest last.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pyarrow.compute as pc
 
 from engine.backends import BackendFactory
 from engine.config import Config, ModelConfig, Resources, actor_gpus
+from engine.generation_dir import GENERATION_MANIFEST, claim_output_dir, pass_settings
 from engine.inputs import count_instructions, read_instruction_dataset
 from engine.progress import ProgressPrinter, board
 from engine.ray_runtime import check_pools_fit
@@ -35,8 +37,6 @@ from engine.storage import join, read_parquet_dir, write_json_atomic
 from engine.summary import summarize_generation
 from engine.pair_card import write_pair_card
 from engine.writer import finalize_pairs
-
-GENERATION_MANIFEST = "generation.json"
 
 # The model stages of a generation pass, in order (docs/algorithms.md §1-4).
 STAGES: tuple[StageSpec, ...] = (
@@ -135,14 +135,16 @@ def done_instruction_ids(out_dir: str, stages: Sequence[StageSpec] = STAGES) -> 
 
 def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfig | None = None,
                    stages: Sequence[StageSpec] = STAGES, echo: Callable[[str], None] | None = None) -> dict:
-    """Run one generation pass into out_dir (resuming any earlier partial pass there) and
-    return its summary. `generation.json` is written last and marks the pass complete.
-    With `echo`, progress lines (engine.progress) go to it while the pass runs."""
+    """Run one generation pass into out_dir (resuming an earlier partial run of the same pass
+    there; another pass's outputs are refused) and return its summary. `generation.json` is
+    written last and marks the pass complete. With `echo`, progress lines (engine.progress) go
+    to it while the pass runs."""
     from engine.sink import IterationSink
 
     policy = policy or cfg.models.policy
     names = stage_names(stages)
     start = time.perf_counter()
+    claim_output_dir(out_dir, pass_settings(cfg, iteration, policy, stages))
     done = done_instruction_ids(out_dir, stages)
     tally = board() if echo else None
     ds = plan_generation(cfg, iteration, policy, done, stages, tally)

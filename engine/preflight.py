@@ -13,6 +13,7 @@ from engine.backends import WEIGHT_BACKENDS
 from engine.config import Config, ModelConfig
 from engine.config_check import check_config
 from engine.errors import PreflightError
+from engine.inputs import check_unique_ids
 from engine.storage import exists
 
 GENERATION_ROLES = ("policy", "labeler", "splitter")
@@ -21,8 +22,9 @@ GENERATION_ROLES = ("policy", "labeler", "splitter")
 def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
               models: Mapping[str, ModelConfig] | None = None) -> None:
     """check_config, then every input and model path the job reads, each keyed by the config key
-    or option that set it. The defaults are those of a run of iterations: input.path (and
-    eval.heldout_path when iterations are evaluated) and the three models."""
+    or option that set it, and input.path's instruction ids, which must not repeat. The defaults
+    are those of a run of iterations: input.path (and eval.heldout_path when iterations are
+    evaluated) and the three models."""
     check_config(cfg)
     if inputs is None:
         inputs = {"input.path": cfg.input.path}
@@ -33,6 +35,8 @@ def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
     for key, path in inputs.items():
         if not _exists(key, path):
             raise PreflightError(f"{key} {path!r} does not exist")
+    if "input.path" in inputs:
+        check_unique_ids(cfg.input)
     for key, model in models.items():
         check_model_path(key, model)
 

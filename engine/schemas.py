@@ -9,10 +9,10 @@ assistant_turn), image structs {bytes, path} and the `huggingface` schema metada
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import pyarrow as pa
-from datasets import Features, Image, List, Value
 
 # Input: one row per (image, instruction). Exactly one of image / image_uri is set.
 # `objects` (the objects in the image) and `references` (reference descriptions of the image,
@@ -51,8 +51,6 @@ CORRECTION_SCHEMA = pa.schema(
     ]
 )
 
-# One message: {"role", "content": [{"type": "image" | "text", "text"}]}, "text" null on images.
-_TURN = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
 
 
 def user_turn(prompt: str, has_image: bool) -> list[dict]:
@@ -72,27 +70,44 @@ def turn_text(messages: Sequence[dict]) -> str:
     return " ".join(part["text"] for part in messages[0]["content"] if part["type"] == "text")
 
 
-PAIR_FEATURES = Features(
-    {
-        "pair_id": Value("string"),
-        "instruction_id": Value("string"),
-        "iteration": Value("int32"),
-        "images": List(Image()),
-        "prompt": _TURN,
-        "chosen": _TURN,
-        "rejected": _TURN,
-        "chosen_score": Value("int32"),
-        "rejected_score": Value("int32"),
-        "chosen_n_claims": Value("int32"),
-        "rejected_n_claims": Value("int32"),
-        "ref_chosen_logps": Value("float64"),
-        "ref_rejected_logps": Value("float64"),
-        "policy_id": Value("string"),
-        "chosen_seed": Value("int64"),
-        "rejected_seed": Value("int64"),
-    }
-)
-PAIR_SCHEMA = PAIR_FEATURES.arrow_schema
+@functools.cache
+def pair_features():
+    """The pair shards' Hugging Face features. Built on first use: importing `datasets` imports
+    torch, which nothing that only checks a config or an input should pay for."""
+    from datasets import Features, Image, List, Value
+
+    # One message: {"role", "content": [{"type": "image" | "text", "text"}]}, "text" null on images.
+    turn = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
+    return Features(
+        {
+            "pair_id": Value("string"),
+            "instruction_id": Value("string"),
+            "iteration": Value("int32"),
+            "images": List(Image()),
+            "prompt": turn,
+            "chosen": turn,
+            "rejected": turn,
+            "chosen_score": Value("int32"),
+            "rejected_score": Value("int32"),
+            "chosen_n_claims": Value("int32"),
+            "rejected_n_claims": Value("int32"),
+            "ref_chosen_logps": Value("float64"),
+            "ref_rejected_logps": Value("float64"),
+            "policy_id": Value("string"),
+            "chosen_seed": Value("int64"),
+            "rejected_seed": Value("int64"),
+        }
+    )
+
+
+def __getattr__(name: str):
+    """PAIR_FEATURES and PAIR_SCHEMA, built on first use (see pair_features)."""
+    if name == "PAIR_FEATURES":
+        return pair_features()
+    if name == "PAIR_SCHEMA":
+        return pair_features().arrow_schema
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
 REJECT_SCHEMA = pa.schema(

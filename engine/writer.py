@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from engine.config import PairConfig
 from engine.pairing import accepts, length_balance, pair_id, word_count
+from engine import schemas
 from engine.schemas import (
-    PAIR_SCHEMA,
     REJECT_SCHEMA,
     assistant_turn,
     instruction_stats_schema,
@@ -65,7 +65,7 @@ def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:
                 chosen_seed=row["answer_seeds"][c],
                 rejected_seed=row["answer_seeds"][r],
             ))
-    return pa.Table.from_pylist(out, schema=PAIR_SCHEMA)
+    return pa.Table.from_pylist(out, schema=schemas.PAIR_SCHEMA)
 
 
 def excerpt(text: str | None, limit: int = REJECT_PROMPT_CHARS) -> str | None:
@@ -130,7 +130,7 @@ def finalize_pairs(out_dir: str, pair_cfg: PairConfig) -> dict:
     A crash between a block's candidates and its stats rows makes a resumed pass redo those
     instructions, possibly grouped into another block (another file name): the same pair can
     then stand in two candidate files, so each pair_id is kept once."""
-    candidates = _first_of_each_pair_id(read_parquet_dir(join(out_dir, "candidates"), PAIR_SCHEMA).sort_by("pair_id"))
+    candidates = _first_of_each_pair_id(read_parquet_dir(join(out_dir, "candidates"), schemas.PAIR_SCHEMA).sort_by("pair_id"))
     ratio, keep = None, [True] * candidates.num_rows
     if pair_cfg.length_balance and candidates.num_rows:
         ratio, keep = length_balance(

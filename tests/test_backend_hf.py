@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
+import numpy as np
 import pytest
 import torch
 from fixtures_models import QUESTIONS, noise_image
@@ -19,6 +20,7 @@ from engine.backends import make_backend
 from engine.backends.base import Completion, Prompt, SamplingParams, grammar_safe_schema, yes_no_token_ids
 from engine.backends.hf import HFBackend, draw_tokens, shared_prefix_length
 from engine.config import ModelConfig
+from engine.tiny_models import ModelSizes
 
 PARAMS = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=12)
 
@@ -224,6 +226,24 @@ def test_logprobs_equal_a_hand_teacher_forced_sum(hf_llava):
         assert count == expected_count
         assert total == pytest.approx(expected_total, abs=1e-4)
         assert total < 0
+
+
+def test_an_answers_logprob_is_bitwise_the_same_alone_and_among_differently_long_answers(hf_llava, monkeypatch):
+    monkeypatch.setattr(hf_llava, "batch_size", 16)  # room for every answer in one call
+    words = "There is a red circle in the top left . The image shows two blue squares near the center".split()
+    rng = np.random.default_rng(0)
+    answers = [" " + " ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for _ in range(12)] + ["", " Yes."]
+    prompts = [Prompt(noise_image(k % 3), "Describe the image.") for k in range(len(answers))]
+    alone = [hf_llava.logprobs([prompt], [answer])[0] for prompt, answer in zip(prompts, answers)]
+    assert hf_llava.logprobs(prompts, answers) == alone  # float ==: bit for bit
+    assert hf_llava.logprobs(prompts[::-1], answers[::-1]) == alone[::-1]
+
+
+def test_prompt_tokens_count_what_the_model_reads_image_tokens_included(hf_llava):
+    text_only = hf_llava.prompt_tokens(Prompt(None, "Describe the image."))
+    with_image = hf_llava.prompt_tokens(Prompt(noise_image(1), "Describe the image."))
+    assert text_only == len(chat.prompt_token_ids(hf_llava.processor, "Describe the image.", has_image=False))
+    assert with_image - text_only > ModelSizes().image_tokens  # the image's tokens and its line break
 
 
 def test_make_backend_builds_the_hf_backend(model_cache):

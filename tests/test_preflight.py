@@ -202,3 +202,25 @@ def test_job_script_reports_a_bad_value_in_seconds(job, tmp_path):
     assert out.returncode == 1 and out.stdout == "", (out.stdout, out.stderr)
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and spec["bad"][1] in out.stderr
     assert elapsed < 10, f"{job} took {elapsed:.1f} s to report a bad value"
+
+
+def test_repeated_instruction_ids_are_refused_naming_a_few(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({"id": ["a", "b", "a", "c", "b", "a"], "prompt": ["Describe."] * 6})
+    pq.write_table(table, tmp_path / "rows.parquet")
+    with pytest.raises(InputError, match=r"repeats instruction ids \('a' x3, 'b' x2; 2 repeated in all\)"):
+        preflight(_smoke(f"input.path={tmp_path / 'rows.parquet'}"))
+    preflight(_smoke(f"input.path={tmp_path / 'rows.parquet'}", "input.limit=2"))  # the rows a pass reads
+    with pytest.raises(InputError, match="cannot tell the format"):
+        preflight(_smoke(f"input.path={tmp_path}"))
+
+
+def test_jsonl_ids_are_read_as_the_reader_reads_them(tmp_path):
+    lines = ['{"id": 7, "prompt": "Describe."}', '{"id": "7", "prompt": "x", "image": "' + "A" * 100_000 + '"}',
+             '{"id": "8", "prompt": "Desc', '{"id": "8"}', "", '{"id": true}', '{"prompt": "no id"}', '{"prompt": "no id"}']
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=r"\('7' x2; 1 repeated in all\)"):  # the cut line's id is not read
+        preflight(_smoke(f"input.path={path}"))

@@ -23,7 +23,13 @@ CONTEXT = RunContext(run_name="test", seed=3, iteration=1, cache_dir="unused")
 
 
 class FakePolicy:
-    """Answers "answer <seed>" of length 2 and log-prob -seed/1000 per answer."""
+    """Answers "answer <seed>" of length 2 and log-prob -seed/1000 per answer; a prompt is one
+    token per word, and 600 tokens is the context."""
+
+    max_model_len = 600
+
+    def prompt_tokens(self, item):
+        return len(item.text.split())
 
     def sample(self, items, seeds, params):
         return [[Completion(f"answer {s}", 2, s) for s in row] for row in seeds]
@@ -49,6 +55,16 @@ def test_a_stage_hands_the_image_bytes_on_unchanged_and_one_that_reads_none_neve
     split.process = lambda rows: seen.extend(rows)
     out = split(batch)
     assert "image" not in seen[0] and out.schema == batch.schema and out["image"].to_pylist() == [image]
+
+
+def test_a_prompt_that_leaves_no_room_for_an_answer_is_diverted_with_its_counts():
+    stage = SampleStage(cfg=SampleConfig(n=2, max_new_tokens=550), context=CONTEXT, backends={"policy": FakePolicy})
+    fits, too_long = "word " * 50, "word " * 51
+    out = stage(to_table([{"id": "a", "prompt": fits}, {"id": "b", "prompt": too_long}])).to_pylist()
+    assert len(out[0]["answers"]) == 2 and out[1]["answers"] is None
+    assert (out[1]["reject_stage"], out[1]["reject_reason"]) == ("sample", "prompt_too_long_for_model")
+    assert out[1]["reject_detail"] == ("51 prompt tokens (image included) + sample.max_new_tokens 550 "
+                                       "> max_model_len 600")
 
 
 def test_equal_backend_loaders_load_one_model():

@@ -92,8 +92,13 @@ def test_toy_policy_script_is_deterministic_and_loads_in_the_engine(tmp_path):
 class _RecordingBackend:
     """Stands in for a model: records what a stage asks, answers with fixed values."""
 
+    max_model_len = 10_000
+
     def __init__(self):
         self.calls = []
+
+    def prompt_tokens(self, item):
+        return len(item.text.split())
 
     def sample(self, items, seeds, params):
         self.calls.append((params.temperature, seeds))

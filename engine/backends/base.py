@@ -1,7 +1,7 @@
 """The backend protocol every model stage talks to, and the pieces both backends share.
 
-One backend instance lives in one actor and holds one model. The stages only ever call
-these five methods, so the hf (transformers) and vllm implementations are interchangeable
+One backend instance lives in one actor and holds one model. The stages only ever use
+these members, so the hf (transformers) and vllm implementations are interchangeable
 by config.
 """
 
@@ -45,6 +45,14 @@ class Completion:
 
 
 class Backend(Protocol):
+    # The most tokens, prompt and answer together, the loaded model takes.
+    max_model_len: int
+
+    def prompt_tokens(self, item: Prompt) -> int:
+        """How many tokens the model reads for `item`, its image's included, as the processor
+        renders it: what a stage checks against max_model_len before asking for an answer."""
+        ...
+
     def sample(
         self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams
     ) -> list[list[Completion]]:

@@ -8,7 +8,13 @@
 - score_yes_no: the KV cache of the token prefix shared by all questions (chat header and
   image tokens) is computed once; every question's remaining tokens run as one batch on
   copies of it. Equal to one full forward per question up to float rounding.
-- logprobs: batched teacher forcing through engine.chat.
+- logprobs: teacher forcing with no padding, so an answer's log-prob is bitwise the same
+  whichever answers share its call (a resumed pass regroups them): the prompt (image
+  included) runs once at batch 1 for consecutive items of the same prompt, then each response
+  runs alone on that KV cache. The padded batched forward it replaces moved a log-prob by
+  float rounding with its batch-mates.
+- sample and score_yes_no batch only what one instruction owns (its n seeds, its questions),
+  so their results depend on that instruction alone, never on the other rows of a Ray batch.
 """
 
 from __future__ import annotations
@@ -177,6 +183,9 @@ class HFBackend:
             logits = output.logits[:, -1].float()
         return tokens
 
+    def prompt_tokens(self, item: Prompt) -> int:
+        return chat.prompt_length(self.processor, item.image, item.text)
+
     def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         check_sample_args(items, seeds)
         results = []
@@ -275,20 +284,30 @@ class HFBackend:
         if len(items) != len(responses):
             raise ValueError(f"{len(items)} prompts but {len(responses)} responses")
         results: list[tuple[float, int]] = []
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start : start + self.batch_size]
-            encoded = chat.encode_for_logprobs(
-                self.processor,
-                [item.image for item in chunk],
-                [item.text for item in chunk],
-                responses[start : start + self.batch_size],
-            )
-            encoded = self._on_device(encoded)
-            response_mask = encoded.pop("response_mask")
-            logits = self.model(**encoded).logits
-            sums, counts = chat.sequence_logprobs(logits, encoded["input_ids"], response_mask)
-            results += zip(sums.tolist(), counts.tolist())
+        previous, prompt_cache, first_logits = None, None, None
+        for item, response in zip(items, responses):
+            ids = chat.response_token_ids(self.processor, item.text, response, item.image is not None)
+            # Recomputing the prompt would give the same bits; skipping it is only a saving.
+            if previous is None or item.text != previous.text or item.image is not previous.image:
+                inputs = self._on_device(chat.encode_prompts(self.processor, [item.image], [item.text]))
+                output = self.model(**inputs, use_cache=True, logits_to_keep=1)
+                prompt_cache, first_logits = output.past_key_values, output.logits[0]
+            previous = item
+            results.append((self._response_logprob(prompt_cache, first_logits, ids), len(ids)))
         return results
+
+    def _response_logprob(self, prompt_cache: Cache, first_logits: torch.Tensor, ids: list[int]) -> float:
+        """Summed log-prob of `ids` after the cached prompt: the prompt's last logits predict the
+        first id, one forward over the others (the last id predicts nothing) the rest. The cache
+        is cut back to the prompt afterwards, for the next response."""
+        logits = first_logits
+        if len(ids) > 1:
+            rest = self.model(input_ids=torch.tensor([ids[:-1]], device=self.device), past_key_values=prompt_cache,
+                              use_cache=True).logits[0]
+            prompt_cache.crop(-(len(ids) - 1))
+            logits = torch.cat([first_logits, rest])
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        return log_probs.gather(-1, torch.tensor(ids, device=self.device).unsqueeze(-1)).sum().item()
 
     def close(self) -> None:
         del self.model

@@ -88,6 +88,7 @@ class VLLMBackend:
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = chat.tokenizer_of(self.processor)
         self.multimodal = chat.is_multimodal(self.processor)
+        self.max_model_len = model_cfg.max_model_len
         options: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}} if self.multimodal else {}
         self.llm = vllm.LLM(
             model=path,
@@ -132,6 +133,10 @@ class VLLMBackend:
             seed=seed,
             **extra,
         )
+
+    def prompt_tokens(self, item: Prompt) -> int:
+        """Counted with the model's Hugging Face processor, which vLLM's input processing runs too."""
+        return chat.prompt_length(self.processor, item.image, item.text)
 
     def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         check_sample_args(items, seeds)

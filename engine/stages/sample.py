@@ -1,10 +1,15 @@
 """Deconfounded sampling (docs/algorithms.md §1): n answers per instruction from the policy, same
 decoding parameters, each with its own seed derived from (run seed, iteration, id, j).
-sample.confounded_temperatures switches deconfounding off for the ablation."""
+sample.confounded_temperatures switches deconfounding off for the ablation.
+
+A row whose prompt, counted in the policy's tokens, leaves no room for sample.max_new_tokens
+under its max_model_len is diverted as `prompt_too_long_for_model`: validation counts
+characters only, and the backend would otherwise cut the answers short or fail on the row."""
 
 from __future__ import annotations
 
 from engine.backends.base import Prompt, SamplingParams
+from engine.flight import divert
 from engine.seeds import derive_seed
 from engine.stages.base import ModelStage, row_image
 
@@ -43,8 +48,20 @@ class SampleStage(ModelStage):
                     row_completions[j] = completion
         return completions
 
+    def fits_context(self, row: dict, prompt: Prompt) -> bool:
+        """True when a whole answer fits after the prompt; otherwise the row is diverted."""
+        prompt_tokens, limit = self.backend.prompt_tokens(prompt), self.backend.max_model_len
+        if prompt_tokens + self.cfg.max_new_tokens <= limit:
+            return True
+        divert(row, self.name, "prompt_too_long_for_model",
+               f"{prompt_tokens} prompt tokens (image included) + sample.max_new_tokens {self.cfg.max_new_tokens} "
+               f"> max_model_len {limit}")
+        return False
+
     def process(self, rows: list[dict]) -> None:
         prompts = [Prompt(image=row_image(row), text=row["prompt"]) for row in rows]
+        fitting = [(row, prompt) for row, prompt in zip(rows, prompts) if self.fits_context(row, prompt)]
+        rows, prompts = [row for row, _ in fitting], [prompt for _, prompt in fitting]
         seeds = [self.answer_seeds(row["id"]) for row in rows]
         for row, completions in zip(rows, self.sample(prompts, seeds)):
             row["answers"] = [c.text for c in completions]
