@@ -19,7 +19,9 @@ from PIL import Image
 from transformers import BatchFeature, PreTrainedTokenizerBase
 from transformers.processing_utils import ProcessorMixin
 
-TEXT_KEYS = ("input_ids", "attention_mask")
+# Processor outputs with one entry per token; the others are image inputs (pixel_values, ...).
+# mm_token_type_ids marks each token text or image, for Qwen2-VL's multimodal rotary positions.
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def is_multimodal(processor: Any) -> bool:
@@ -67,7 +69,8 @@ def response_token_ids(tokenizer: PreTrainedTokenizerBase, responses: Sequence[s
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Filler for padded positions (never attended to, never scored)."""
+    """Filler for padded positions (never attended to, never scored); eos where the family has
+    no pad token."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -86,6 +89,8 @@ def _tokenize(
     padding_side: str,
 ) -> BatchFeature:
     tokenizer = tokenizer_of(processor)
+    if tokenizer.pad_token is None:  # Llama-3 has none; padding is never attended to, so eos will do
+        tokenizer.pad_token = tokenizer.eos_token
     kwargs = dict(
         padding=True,
         padding_side=padding_side,
@@ -156,8 +161,8 @@ def encode_for_logprobs(
     """Teacher-forcing inputs: prompt ids + response ids + eos per row, right padded.
 
     Returns input_ids, attention_mask, response_mask (1 exactly on the response tokens and
-    the closing eos) and the processor's image inputs (pixel_values, ...) when any row has an
-    image.
+    the closing eos), mm_token_type_ids when the processor makes them, and the processor's
+    image inputs (pixel_values, ...) when any row has an image.
     """
     _check_rows(images, prompts, responses)
     tokenizer = tokenizer_of(processor)
@@ -177,9 +182,17 @@ def encode_for_logprobs(
         input_ids[i, :end] = torch.tensor(prompt + response)
         attention_mask[i, :end] = 1
         response_mask[i, len(prompt) : end] = 1
-    encoded = {key: value for key, value in prompt_batch.items() if key not in TEXT_KEYS}
+    encoded = {key: value for key, value in prompt_batch.items() if key not in TOKEN_KEYS}
     encoded.update(input_ids=input_ids, attention_mask=attention_mask, response_mask=response_mask)
-    return encoded
+    return {**encoded, **token_types(processor, prompt_batch, input_ids)}
+
+
+def token_types(processor: Any, encoded: BatchFeature, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """mm_token_type_ids for `input_ids` (other ids than the processor encoded: a response
+    appended, a prefix cut) when the processor's output had them; else nothing."""
+    if "mm_token_type_ids" not in encoded:
+        return {}
+    return {"mm_token_type_ids": torch.tensor(processor.create_mm_token_type_ids(input_ids), dtype=torch.long)}
 
 
 def sequence_logprobs(

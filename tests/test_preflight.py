@@ -202,3 +202,19 @@ def test_job_script_reports_a_bad_value_in_seconds(job, tmp_path):
     assert out.returncode == 1 and out.stdout == "", (out.stdout, out.stderr)
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: ") and spec["bad"][1] in out.stderr
     assert elapsed < 10, f"{job} took {elapsed:.1f} s to report a bad value"
+
+
+def test_a_tiny_family_is_refused_where_it_cannot_serve(monkeypatch):
+    with pytest.raises(ConfigError, match=r"models\.policy\.path: unknown tiny model 'tiny:gpt'"):
+        check_config(_smoke("models.policy.path=tiny:gpt"))
+    with pytest.raises(ConfigError, match=r"models\.labeler\.path = 'tiny:qwen25' is a text-only family, but the "
+                                          r"labeler reads images"):
+        check_config(_smoke("models.labeler.path=tiny:qwen25"))
+    check_config(_smoke("models.splitter.path=tiny:qwen2vl"))  # a multimodal model can split text
+    from engine import families
+
+    refusing = families.Family("engine.families.qwen2vl:build", multimodal=True, refused={"vllm": "no kernel"})
+    monkeypatch.setitem(families.FAMILIES, "qwen2vl", refusing)
+    with pytest.raises(ConfigError, match=r"models\.policy: backend = 'vllm' cannot serve 'tiny:qwen2vl': no kernel"):
+        check_config(_smoke("models.policy.path=tiny:qwen2vl", "models.policy.backend=vllm"))
+    check_config(_smoke("models.policy.path=tiny:qwen2vl"))  # hf serves it
