@@ -228,12 +228,10 @@ def rename_vision_keys_for_vllm(weights: Path) -> None:
     save_file(renamed, weights, metadata={"format": "pt"})
 
 
-def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A randomly initialised LLaVA (CLIP vision tower + Llama LM) of `sizes`, from `seed`, and
-    its processor, in memory: tiny:llava saves it as built, the toy world trains it first."""
-    tokenizer = build_tokenizer()
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
+def llava_config_fields(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes) -> dict:
+    """The config fields LLaVA-1.5 and LLaVA-NeXT share: a CLIP tower and a Llama LM of `sizes`."""
+    return {
+        "vision_config": CLIPVisionConfig(
             hidden_size=sizes.vision_hidden,
             intermediate_size=2 * sizes.vision_hidden,
             num_hidden_layers=2,
@@ -242,12 +240,29 @@ def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGenera
             patch_size=sizes.patch_size,
             projection_dim=sizes.vision_hidden,
         ),
-        text_config=llama_config(tokenizer, sizes),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=sizes.image_tokens,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=sizes.vision_feature_layer,
-    )
+        "text_config": llama_config(tokenizer, sizes),
+        "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "image_seq_length": sizes.image_tokens,
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": sizes.vision_feature_layer,
+    }
+
+
+def llava_processor_fields(sizes: ModelSizes) -> dict:
+    """The processor fields LLaVA-1.5 and LLaVA-NeXT share (and the LLaVA-1.5 chat format)."""
+    return {
+        "patch_size": sizes.patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,  # the CLS token, dropped by the "default" strategy
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A randomly initialised LLaVA (CLIP vision tower + Llama LM) of `sizes`, from `seed`, and
+    its processor, in memory: tiny:llava saves it as built, the toy world trains it first."""
+    tokenizer = build_tokenizer()
+    config = LlavaConfig(**llava_config_fields(tokenizer, sizes))
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": sizes.image_size},
@@ -256,10 +271,7 @@ def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGenera
             image_std=list(sizes.image_std),
         ),
         tokenizer=tokenizer,
-        patch_size=sizes.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE,
+        **llava_processor_fields(sizes),
     )
     return seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed), processor
 

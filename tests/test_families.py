@@ -29,6 +29,7 @@ MULTIMODAL = [name for name in NEW_FAMILIES if families.FAMILIES[name].multimoda
 RENDERED = {
     "qwen2vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n",
+    "llava-next": "<s>USER: <image>\nIs it red? ASSISTANT:",
     "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nIs it red?<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "qwen25": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -37,6 +38,7 @@ RENDERED = {
 # Each family's end-of-turn token (the tokenizer's eos, closing every response) and stop tokens.
 STOPS = {
     "qwen2vl": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
+    "llava-next": ("</s>", {"</s>"}),
     "llama3": ("<|eot_id|>", {"<|eot_id|>", "<|end_of_text|>"}),
     "qwen25": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
 }
@@ -98,6 +100,14 @@ def test_prefix_reuse_equals_one_forward_per_question(name, hf_backends):
         full = backend.score_yes_no_per_question(image, QUESTIONS)
         assert torch.allclose(torch.tensor(shared), torch.tensor(full), rtol=0, atol=1e-5)
     assert backend.score_yes_no(noise_image(4), QUESTIONS[:1]) != backend.score_yes_no(noise_image(6), QUESTIONS[:1])
+
+
+@pytest.mark.parametrize("name", MULTIMODAL)
+def test_the_number_of_image_tokens_follows_the_image_size(name, hf_backends):
+    processor = hf_backends(name).processor
+    lengths = {len(chat.encode_shared_image_prompts(processor, noise_image(0, size), ["Is it red?"])[1][0])
+               for size in ((32, 32), (96, 40), (64, 64))}
+    assert len(lengths) == 3
 
 
 def _forward_logprob(backend: HFBackend, item: Prompt, response: str) -> float:
