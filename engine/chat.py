@@ -22,7 +22,9 @@ from transformers.processing_utils import ProcessorMixin
 
 from engine.schemas import assistant_turn, user_turn
 
-TEXT_KEYS = ("input_ids", "attention_mask")
+# Processor outputs with one entry per token; the others are image inputs (pixel_values, ...).
+# mm_token_type_ids marks each token text or image, for Qwen2-VL's multimodal rotary positions.
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 
 def is_multimodal(processor: Any) -> bool:
@@ -102,7 +104,8 @@ def response_token_ids(processor: Any, prompt: str, response: str, has_image: bo
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """Filler for padded positions (never attended to, never scored)."""
+    """Filler for padded positions (never attended to, never scored); eos where the family has
+    no pad token."""
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
@@ -121,6 +124,8 @@ def _tokenize(
     padding_side: str,
 ) -> BatchFeature:
     tokenizer = tokenizer_of(processor)
+    if tokenizer.pad_token is None:  # Llama-3 has none; padding is never attended to, so eos will do
+        tokenizer.pad_token = tokenizer.eos_token
     kwargs = dict(
         padding=True,
         padding_side=padding_side,
@@ -212,6 +217,14 @@ def encode_for_logprobs(
     encoded = dict(encoded)
     encoded["response_mask"] = response_mask
     return encoded
+
+
+def token_types(processor: Any, encoded: BatchFeature, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """mm_token_type_ids for `input_ids` (other ids than the processor encoded: a response
+    appended, a prefix cut) when the processor's output had them; else nothing."""
+    if "mm_token_type_ids" not in encoded:
+        return {}
+    return {"mm_token_type_ids": torch.tensor(processor.create_mm_token_type_ids(input_ids), dtype=torch.long)}
 
 
 def sequence_logprobs(

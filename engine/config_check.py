@@ -3,6 +3,7 @@ cannot express. check_config runs in every job's preflight, before Ray starts or
 
 from __future__ import annotations
 
+from engine import families
 from engine import hallucination as hal
 from engine.backends import WEIGHT_BACKENDS
 from engine.claims import CHARS_PER_TOKEN, claims_token_estimate
@@ -13,6 +14,7 @@ from engine.sampling import SamplingParams
 def check_config(cfg: Config) -> None:
     """Raise ConfigError, naming the keys and what they must be, on the first rule broken."""
     check_run_name(cfg.run.name)
+    check_families(cfg)
     check_stages(cfg)
     check_actor_range("eval", cfg.eval.resources)
     check_tensor_parallel("eval", cfg.eval.resources, "models.policy", cfg.models.policy)
@@ -44,6 +46,30 @@ def check_stages(cfg: Config) -> None:
                 spec.stage_class.check_config(section)
             except ValueError as exc:
                 raise ConfigError(f"{spec.section}: {exc}") from None
+
+
+# The roles that take images; the splitter reads text only, so any family can split.
+IMAGE_ROLES = ("policy", "labeler")
+
+
+def check_families(cfg: Config) -> None:
+    """A tiny:<family> model must be a known family, served by its backend, and take images in a
+    role that gets them: found here rather than when the first batch reaches the model."""
+    for role in ("policy", "labeler", "splitter"):
+        model_cfg = getattr(cfg.models, role)
+        if not model_cfg.path.startswith(families.TINY_PREFIX) or model_cfg.backend not in WEIGHT_BACKENDS:
+            continue
+        key = f"models.{role}"
+        try:
+            name, _ = families.parse_tiny_name(model_cfg.path)
+        except ValueError as exc:
+            raise ConfigError(f"{key}.path: {exc}") from None
+        family = families.FAMILIES[name]
+        if model_cfg.backend in family.refused:
+            raise ConfigError(f"{key}: backend = {model_cfg.backend!r} cannot serve {model_cfg.path!r}: "
+                              f"{family.refused[model_cfg.backend]}")
+        if role in IMAGE_ROLES and not family.multimodal:
+            raise ConfigError(f"{key}.path = {model_cfg.path!r} is a text-only family, but the {role} reads images")
 
 
 def check_run_name(name: str) -> None:

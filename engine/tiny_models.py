@@ -1,9 +1,11 @@
 """Tiny random-weight models of the real families, built offline and deterministically.
 
-Tests and the smoke config need a LLaVA-style MLLM and a Llama-style LLM without downloading
+Tests and the smoke configs need MLLMs and LLMs of the real families without downloading
 weights. These are a few MB, load with the transformers Auto classes and in vLLM, and share a
-byte-level BPE tokenizer trained on the synthetic world's vocabulary, so scene words and the
-claim JSON cost few tokens and every yes/no answer word is a single token.
+byte-level BPE tokenizer trained on the synthetic world's vocabulary (each family adds its own
+special tokens and chat format), so scene words and the claim JSON cost few tokens and every
+yes/no answer word is a single token. This module builds tiny:llava and tiny:llm and holds the
+pieces every family uses; engine.families lists the families and builds the others.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
@@ -37,11 +38,19 @@ from transformers import (
 )
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from engine import vocabulary
+from engine import families, vocabulary
 from engine.hub import is_hub_id, snapshot
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
 IMAGE_TOKEN = "<image>"
+# The LLaVA-1.5 (Vicuna) tokens' roles, as PreTrainedTokenizerFast takes them.
+TOKEN_ROLES = {
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "unk_token": "<unk>",
+    "pad_token": "<pad>",
+    "extra_special_tokens": {"image_token": IMAGE_TOKEN},
+}
 # The words the labeler's yes/no probabilities are read from; each must be one token.
 YES_NO_WORDS = ("yes", " yes", "Yes", " Yes", "no", " no", "No", " No")
 
@@ -53,14 +62,18 @@ YES_NO_WORDS = ("yes", " yes", "Yes", " Yes", "no", " no", "No", " No")
 # byte-level BPE the space before a word is part of the word's token, so a space written by
 # the template would make the scored tokens differ from the sampled ones (engine/chat.py
 # scores the whole conversation rendered here).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- for message in messages -%}"
+# Jinja that sets `parts` to the message's content as a list of parts, for every template here.
+MESSAGE_PARTS = (
     "{%- if message['content'] is string -%}"
     "{%- set parts = [{'type': 'text', 'text': message['content']}] -%}"
     "{%- else -%}"
     "{%- set parts = message['content'] -%}"
     "{%- endif -%}"
+)
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- for message in messages -%}"
+    + MESSAGE_PARTS +
     "{%- set text = parts | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') -%}"
     "{%- if message['role'] == 'system' -%}"
     "{{ text + ' ' }}"
@@ -105,9 +118,6 @@ class ModelSizes:
         return (self.image_size // self.patch_size) ** 2
 
 
-TINY_PREFIX = "tiny:"
-
-
 def _corpus() -> list[str]:
     """Sentences of the synthetic world, claim JSON as the splitter writes it (with and
     without spaces), and every word alone with and without a leading space; the BPE trainer
@@ -133,28 +143,34 @@ def _corpus() -> list[str]:
     return sentences
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """The shared tokenizer: byte-level BPE (any text still encodes) with the chat template.
-    It adds no special tokens itself, so <s> is never doubled on any encoding path."""
-    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+def build_tokenizer(
+    special_tokens: tuple[str, ...] = SPECIAL_TOKENS,
+    chat_template: str = CHAT_TEMPLATE,
+    token_roles: dict | None = None,
+    prepend_bos: bool = False,
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE (any text still encodes) trained on the synthetic world, with a family's
+    special tokens, their roles (TOKEN_ROLES by default) and chat template. The default adds no
+    special tokens itself, so <s> is never doubled on any encoding path; prepend_bos makes
+    plain encodings start with the bos, as Llama-3's tokenizer does."""
+    token_roles = TOKEN_ROLES if token_roles is None else token_roles
+    bpe = Tokenizer(models.BPE(unk_token=token_roles.get("unk_token")))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=4096,  # more than the corpus can fill: every corpus word is fully merged
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     bpe.train_from_iterator(_corpus(), trainer=trainer)
+    if prepend_bos:
+        bos = token_roles["bos_token"]
+        bpe.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bpe.token_to_id(bos))]
+        )
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
-        chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_POSITIONS,
+        tokenizer_object=bpe, chat_template=chat_template, model_max_length=MAX_POSITIONS, **token_roles
     )
     for word in YES_NO_WORDS:
         ids = tokenizer.encode(word, add_special_tokens=False)
@@ -163,7 +179,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def _text_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes) -> LlamaConfig:
+def llama_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes, **overrides) -> LlamaConfig:
+    """A Llama LM of `sizes` over `tokenizer`; `overrides` are further LlamaConfig fields."""
     return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=sizes.text_hidden,
@@ -176,29 +193,33 @@ def _text_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes) -> Llama
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **overrides,
     )
 
 
-def _seeded_model(
+def seeded_model(
     model_class: type[PreTrainedModel],
     config: PreTrainedConfig,
     tokenizer: PreTrainedTokenizerFast,
     seed: int,
+    extra_stops: tuple[str, ...] = (),
 ) -> PreTrainedModel:
     """Initialise from `seed`, leaving the caller's global RNG alone, with a generation config
-    that makes generate() stop on </s>."""
+    that makes generate() stop on the eos and on `extra_stops` (the real families' generation
+    configs list their end-of-text token next to the end-of-turn one)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = model_class(config)
+    eos = tokenizer.eos_token_id
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=[eos, *tokenizer.convert_tokens_to_ids(list(extra_stops))] if extra_stops else eos,
         pad_token_id=tokenizer.pad_token_id,
     )
     return model
 
 
-def _rename_vision_keys_for_vllm(weights: Path) -> None:
+def rename_vision_keys_for_vllm(weights: Path) -> None:
     """transformers 5 saves the CLIP tower as vision_tower.*; vLLM 0.32 only loads
     vision_tower.vision_model.*, which transformers also reads back."""
     state = load_file(weights)
@@ -211,12 +232,10 @@ def _rename_vision_keys_for_vllm(weights: Path) -> None:
     save_file(renamed, weights, metadata={"format": "pt"})
 
 
-def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """A randomly initialised LLaVA (CLIP vision tower + Llama LM) of `sizes`, from `seed`, and
-    its processor, in memory: tiny:llava saves it as built, the toy world trains it first."""
-    tokenizer = build_tokenizer()
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
+def llava_config_fields(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes) -> dict:
+    """The config fields LLaVA-1.5 and LLaVA-NeXT share: a CLIP tower and a Llama LM of `sizes`."""
+    return {
+        "vision_config": CLIPVisionConfig(
             hidden_size=sizes.vision_hidden,
             intermediate_size=2 * sizes.vision_hidden,
             num_hidden_layers=2,
@@ -225,12 +244,29 @@ def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGenera
             patch_size=sizes.patch_size,
             projection_dim=sizes.vision_hidden,
         ),
-        text_config=_text_config(tokenizer, sizes),
-        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=sizes.image_tokens,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=sizes.vision_feature_layer,
-    )
+        "text_config": llama_config(tokenizer, sizes),
+        "image_token_index": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        "image_seq_length": sizes.image_tokens,
+        "vision_feature_select_strategy": "default",
+        "vision_feature_layer": sizes.vision_feature_layer,
+    }
+
+
+def llava_processor_fields(sizes: ModelSizes) -> dict:
+    """The processor fields LLaVA-1.5 and LLaVA-NeXT share (and the LLaVA-1.5 chat format)."""
+    return {
+        "patch_size": sizes.patch_size,
+        "vision_feature_select_strategy": "default",
+        "num_additional_image_tokens": 1,  # the CLS token, dropped by the "default" strategy
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """A randomly initialised LLaVA (CLIP vision tower + Llama LM) of `sizes`, from `seed`, and
+    its processor, in memory: tiny:llava saves it as built, the toy world trains it first."""
+    tokenizer = build_tokenizer()
+    config = LlavaConfig(**llava_config_fields(tokenizer, sizes))
     processor = LlavaProcessor(
         image_processor=CLIPImageProcessorPil(
             size={"shortest_edge": sizes.image_size},
@@ -239,12 +275,9 @@ def build_llava(sizes: ModelSizes, seed: int) -> tuple[LlavaForConditionalGenera
             image_std=list(sizes.image_std),
         ),
         tokenizer=tokenizer,
-        patch_size=sizes.patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
-        chat_template=CHAT_TEMPLATE,
+        **llava_processor_fields(sizes),
     )
-    return _seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed), processor
+    return seeded_model(LlavaForConditionalGeneration, config, tokenizer, seed), processor
 
 
 def build_tiny_mllm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
@@ -252,7 +285,7 @@ def build_tiny_mllm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     out = Path(out_dir)
     model, processor = build_llava(ModelSizes(), seed)
     model.save_pretrained(out)
-    _rename_vision_keys_for_vllm(out / "model.safetensors")
+    rename_vision_keys_for_vllm(out / "model.safetensors")
     processor.save_pretrained(out)
     return out
 
@@ -261,43 +294,32 @@ def build_tiny_llm(out_dir: str | os.PathLike, seed: int = 0) -> Path:
     """A Llama text LM (the claim splitter) with the shared tokenizer; returns out_dir."""
     out = Path(out_dir)
     tokenizer = build_tokenizer()
-    model = _seeded_model(LlamaForCausalLM, _text_config(tokenizer, ModelSizes()), tokenizer, seed)
+    model = seeded_model(LlamaForCausalLM, llama_config(tokenizer, ModelSizes()), tokenizer, seed)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
-
-
-_BUILDERS = {"llava": build_tiny_mllm, "llm": build_tiny_llm}
 
 
 def _build_digest() -> str:
     """Changes whenever the code that shapes the models does, so a cache built by older code
     (or another transformers) is never served."""
     digest = hashlib.sha256(transformers.__version__.encode())
-    for source in (__file__, vocabulary.__file__):
+    for source in (__file__, vocabulary.__file__, *families.source_files()):
         digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:10]
 
 
-def _parse_tiny_name(path: str) -> tuple[str, int]:
-    match = re.fullmatch(r"tiny:(\w+)(?:@(\d+))?", path, flags=re.ASCII)
-    if match is None or match[1] not in _BUILDERS:
-        known = ", ".join(f"{TINY_PREFIX}{name}[@<seed>]" for name in _BUILDERS)
-        raise ValueError(f"unknown tiny model {path!r}; known: {known}")
-    return match[1], int(match[2] or 0)
-
-
 def resolve_model_path(path: str, cache_dir: str) -> str:
-    """A local model directory for `path`: "tiny:llava" / "tiny:llm" (optionally "@<seed>")
-    are built once under cache_dir; a remote fsspec URL (s3://, gs://, ... e.g. a checkpoint a
+    """A local model directory for `path`: "tiny:<family>" (engine.families, optionally
+    "@<seed>") is built once under cache_dir; a remote fsspec URL (s3://, gs://, ... e.g. a checkpoint a
     run wrote to its bucket) is downloaded once under cache_dir/remote, because neither
     transformers nor vLLM load from such URLs; a hub id that is not a local path becomes its
     snapshot in the Hugging Face cache (engine.hub); a local directory is returned unchanged.
     """
-    if path.startswith(TINY_PREFIX):
-        name, seed = _parse_tiny_name(path)
+    if path.startswith(families.TINY_PREFIX):
+        name, seed = families.parse_tiny_name(path)
         target = Path(cache_dir).resolve() / f"{name}-seed{seed}-{_build_digest()}"
-        return _build_once(target, lambda staging: _BUILDERS[name](staging, seed))
+        return _build_once(target, lambda staging: families.build(name, staging, seed))
     protocol, sep, _ = path.partition("://")
     if sep and protocol not in ("file", "local"):
         return _download_once(path, cache_dir)

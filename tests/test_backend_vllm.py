@@ -1,10 +1,12 @@
-"""The vllm backend agrees with the hf backend on the same tiny LLaVA.
+"""The vllm backend agrees with the hf backend on each tiny family (engine.families).
 
 vLLM's engine core is a spawned process, so the vLLM half runs this file as a script in a
 subprocess (one engine, with a timeout) and hands its results back as JSON; the hf half runs
 in the test process. Agreement: yes/no probabilities to atol 1e-3 and reference log-prob
 sums to atol 1e-3 (both fp32; observed ~1e-7). Sampling can't agree across backends (the
-random streams differ), so vLLM is checked against itself: same seed, same answer.
+random streams differ), so vLLM is checked against itself: same seed, same answer. tiny:llava
+runs in the default suite; every other family is one more engine start (1-2 minutes on two
+cores), so it is marked slow. Text-only families skip the image rows.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import pytest
 
 from fixtures_models import QUESTIONS, noise_image
 
+from engine import families
 from engine.backends.base import Prompt, SamplingParams
+from engine.config import ModelConfig
+from engine.tiny_models import resolve_model_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,12 +44,13 @@ JSON_SCHEMA = {
 VLLM_TIMEOUT_S = 420
 
 
-def _logprob_items() -> tuple[list[Prompt], list[str]]:
-    items = [Prompt(noise_image(seed) if seed is not None else None, prompt) for seed, prompt, _ in LOGPROB_ROWS]
+def _logprob_items(multimodal: bool) -> tuple[list[Prompt], list[str]]:
+    items = [Prompt(noise_image(seed) if seed is not None and multimodal else None, prompt)
+             for seed, prompt, _ in LOGPROB_ROWS]
     return items, [response for _, _, response in LOGPROB_ROWS]
 
 
-def run_vllm(model_dir: str, out_path: str) -> None:
+def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
     """The subprocess half: every vLLM result the tests compare, written as JSON."""
     try:
         import vllm  # noqa: F401
@@ -52,14 +58,13 @@ def run_vllm(model_dir: str, out_path: str) -> None:
         Path(out_path).write_text(json.dumps({"skip": f"vllm cannot be imported: {type(exc).__name__}: {exc}"}))
         return
     from engine.backends.vllm import VLLMBackend
-    from engine.config import ModelConfig
 
     backend = VLLMBackend(model_dir, ModelConfig(path=model_dir, backend="vllm", max_model_len=512))
     try:
-        item = Prompt(noise_image(7), "Describe the image in detail.")
+        item = Prompt(noise_image(7) if multimodal else None, "Describe the image in detail.")
         results = {
-            "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS),
-            "logprobs": backend.logprobs(*_logprob_items()),
+            "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS) if multimodal else [],
+            "logprobs": backend.logprobs(*_logprob_items(multimodal)),
             "sample": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS], SAMPLE_PARAMS)[0]],
             "sample_again": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS[:1]], SAMPLE_PARAMS)[0]],
             "json": backend.generate_json(
@@ -71,13 +76,35 @@ def run_vllm(model_dir: str, out_path: str) -> None:
     Path(out_path).write_text(json.dumps(results))
 
 
+@pytest.fixture(scope="module", params=[
+    pytest.param(name, marks=[] if name == "llava" else [pytest.mark.slow]) for name in families.FAMILIES
+])
+def family(request) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def vllm_results(tiny_llava_dir, tmp_path_factory):
+def family_dir(family, model_cache) -> str:
+    return resolve_model_path(f"tiny:{family}", model_cache)
+
+
+@pytest.fixture(scope="module")
+def hf_backend(family_dir):
+    from engine.backends.hf import HFBackend
+
+    backend = HFBackend(family_dir, ModelConfig(path=family_dir, batch_size=2), device="cpu")
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="module")
+def vllm_results(family, family_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("vllm") / "results.json"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    multimodal = str(families.FAMILIES[family].multimodal)
     done = subprocess.run(
-        [sys.executable, __file__, tiny_llava_dir, str(out)],
+        [sys.executable, __file__, family_dir, str(out), multimodal],
         env=env,
         capture_output=True,
         text=True,
@@ -92,15 +119,17 @@ def vllm_results(tiny_llava_dir, tmp_path_factory):
 
 
 @pytest.mark.vllm
-def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_llava):
-    hf = hf_llava.score_yes_no(noise_image(3), QUESTIONS)
+def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_backend, family):
+    if not families.FAMILIES[family].multimodal:
+        pytest.skip("a text-only family scores no image")
+    hf = hf_backend.score_yes_no(noise_image(3), QUESTIONS)
     for (v_yes, v_no), (h_yes, h_no) in zip(vllm_results["yes_no"], hf, strict=True):
         assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
 
 
 @pytest.mark.vllm
-def test_reference_logprobs_agree_with_hf(vllm_results, hf_llava):
-    hf = hf_llava.logprobs(*_logprob_items())
+def test_reference_logprobs_agree_with_hf(vllm_results, hf_backend, family):
+    hf = hf_backend.logprobs(*_logprob_items(families.FAMILIES[family].multimodal))
     for (v_total, v_count), (h_total, h_count) in zip(vllm_results["logprobs"], hf, strict=True):
         assert v_count == h_count
         assert v_total == pytest.approx(h_total, abs=1e-3)
@@ -123,7 +152,7 @@ def test_vllm_json_parses_as_the_schema(vllm_results):
 
 
 if __name__ == "__main__":
-    run_vllm(sys.argv[1], sys.argv[2])
+    run_vllm(sys.argv[1], sys.argv[2], sys.argv[3] == "True")
 
 
 def test_a_vllm_lacking_an_api_the_backend_calls_is_named_before_the_engine_starts(monkeypatch):
@@ -132,7 +161,6 @@ def test_a_vllm_lacking_an_api_the_backend_calls_is_named_before_the_engine_star
     import types
 
     from engine.backends.vllm import VLLMBackend
-    from engine.config import ModelConfig
     from engine.errors import EngineError
 
     class SamplingParams:

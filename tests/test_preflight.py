@@ -224,3 +224,19 @@ def test_jsonl_ids_are_read_as_the_reader_reads_them(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=r"\('7' x2; 1 repeated in all\)"):  # the cut line's id is not read
         preflight(_smoke(f"input.path={path}"))
+
+
+def test_a_tiny_family_is_refused_where_it_cannot_serve(monkeypatch):
+    with pytest.raises(ConfigError, match=r"models\.policy\.path: unknown tiny model 'tiny:gpt'"):
+        check_config(_smoke("models.policy.path=tiny:gpt"))
+    with pytest.raises(ConfigError, match=r"models\.labeler\.path = 'tiny:qwen25' is a text-only family, but the "
+                                          r"labeler reads images"):
+        check_config(_smoke("models.labeler.path=tiny:qwen25"))
+    check_config(_smoke("models.splitter.path=tiny:qwen2vl"))  # a multimodal model can split text
+    from engine import families
+
+    refusing = families.Family("engine.families.qwen2vl:build", multimodal=True, refused={"vllm": "no kernel"})
+    monkeypatch.setitem(families.FAMILIES, "qwen2vl", refusing)
+    with pytest.raises(ConfigError, match=r"models\.policy: backend = 'vllm' cannot serve 'tiny:qwen2vl': no kernel"):
+        check_config(_smoke("models.policy.path=tiny:qwen2vl", "models.policy.backend=vllm"))
+    check_config(_smoke("models.policy.path=tiny:qwen2vl"))  # hf serves it

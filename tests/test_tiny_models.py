@@ -27,7 +27,7 @@ from transformers import (
     LlavaProcessor,
 )
 
-from engine import tiny_models, vocabulary
+from engine import families, vocabulary
 from engine.tiny_models import (
     YES_NO_WORDS,
     ModelSizes,
@@ -205,14 +205,14 @@ def test_processor_expands_one_image_marker_to_the_patch_tokens(mllm, red_image)
 
 def test_resolve_builds_once_even_when_raced(tmp_path, monkeypatch):
     builds, results = [], []
-    real_build = tiny_models._BUILDERS["llm"]
+    real_build = families.build
 
-    def slow_counted_build(out, seed):
+    def slow_counted_build(name, out, seed):
         builds.append(seed)
         time.sleep(0.3)  # the other resolvers arrive while this build is under way
-        return real_build(out, seed)
+        return real_build(name, out, seed)
 
-    monkeypatch.setitem(tiny_models._BUILDERS, "llm", slow_counted_build)
+    monkeypatch.setattr(families, "build", slow_counted_build)
 
     def resolve():
         results.append(resolve_model_path("tiny:llm@2", str(tmp_path)))
@@ -237,7 +237,7 @@ def test_resolve_names_seeds_and_passthrough(mllm_dir, model_cache):
     for other in ("/models/labeler", "file:///models/labeler"):  # hub ids: tests/test_hub.py
         assert resolve_model_path(other, model_cache) == other
     for bad in ("tiny:gpt", "tiny:llava@x", "tiny:llava@-1", "tiny:llava@", "tiny:"):
-        with pytest.raises(ValueError, match=r"known: tiny:llava\[@<seed>\], tiny:llm\[@<seed>\]"):
+        with pytest.raises(ValueError, match=r"known: tiny:llava\[@<seed>\], tiny:llm\[@<seed>\], tiny:qwen2vl"):
             resolve_model_path(bad, model_cache)
 
 

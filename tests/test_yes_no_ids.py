@@ -1,12 +1,13 @@
 """yes_no_token_ids finds every whole-word spelling of yes/Yes and no/No in a vocabulary, on
-offline SentencePiece-style and byte-level-BPE-style tokenizers and on the tiny models' one."""
+offline SentencePiece-style and byte-level-BPE-style tokenizers and on every tiny family's."""
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from engine import families
 from engine.backends.base import yes_no_token_ids
-from engine.tiny_models import build_tokenizer
+from engine.tiny_models import build_tokenizer, resolve_model_path
 
 
 def _tokens(tokenizer: PreTrainedTokenizerFast, ids: list[int]) -> set[str]:
@@ -71,3 +72,14 @@ def test_a_vocabulary_without_a_no_token_is_an_error():
     unigram.pre_tokenizer = pre_tokenizers.Metaspace()
     with pytest.raises(ValueError, match="no/No"):
         yes_no_token_ids(PreTrainedTokenizerFast(tokenizer_object=unigram, unk_token="<unk>"))
+
+
+@pytest.mark.parametrize("name", list(families.FAMILIES))
+def test_every_tiny_family_has_a_whole_word_yes_and_no_where_its_answers_start(name, model_cache):
+    """The ids include the token an answer after the family's generation prompt starts with."""
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(f"tiny:{name}", model_cache))
+    yes, no = yes_no_token_ids(tokenizer)
+    assert _tokens(tokenizer, yes) == {"yes", "Ġyes", "Yes", "ĠYes"}
+    assert _tokens(tokenizer, no) == {"no", "Ġno", "No", "ĠNo"}
+    for word, ids in (("Yes", yes), (" Yes", yes), ("no", no), (" No", no)):
+        assert tokenizer.encode(word, add_special_tokens=False)[0] in ids

@@ -144,6 +144,14 @@ class HFBackend:
             tokens = tokens[:-1]
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
+    def _prefill(self, inputs: dict[str, torch.Tensor]):
+        """The forward of a prompt whose KV cache the caller continues. Qwen2-VL keeps the rotary
+        offset of the last prompt it saw an image in (rope_deltas) and adds it to every cached
+        continuation; a text-only prompt does not reset it, so it is cleared first."""
+        if getattr(self.model.base_model, "rope_deltas", None) is not None:
+            self.model.base_model.rope_deltas = None
+        return self.model(**self._on_device(inputs), use_cache=True, logits_to_keep=1)
+
     @torch.inference_mode()
     def _decode(
         self,
@@ -158,7 +166,7 @@ class HFBackend:
         budget = min(params.max_new_tokens, self.max_model_len - prompt_length)
         if budget < 1:
             raise ValueError(f"prompt of {prompt_length} tokens leaves no room under max_model_len {self.max_model_len}")
-        output = self.model(**self._on_device(inputs), use_cache=True, logits_to_keep=1)
+        output = self._prefill(inputs)
         cache = output.past_key_values
         cache.batch_repeat_interleave(rows)
         logits = output.logits[:, -1].float().repeat(rows, 1)
@@ -239,34 +247,29 @@ class HFBackend:
         image_token = self.processor.image_token_id
         if any(image_token in row[prefix_length:] for row in token_rows):
             raise ValueError("the chat template puts image tokens after the question; prefix reuse needs them first")
-        image_inputs = {key: value for key, value in first.items() if key not in chat.TEXT_KEYS}
+        image_inputs = {key: value for key, value in first.items() if key not in chat.TOKEN_KEYS}
         prefix = torch.tensor([token_rows[0][:prefix_length]])
-        prefix_cache = self.model(
-            **self._on_device({"input_ids": prefix, "attention_mask": torch.ones_like(prefix), **image_inputs}),
-            use_cache=True,
-            logits_to_keep=1,
+        prefix_cache = self._prefill(
+            {"input_ids": prefix, "attention_mask": torch.ones_like(prefix), **image_inputs,
+             **chat.token_types(self.processor, first, prefix)}
         ).past_key_values
         results = []
         for start in range(0, len(token_rows), self.batch_size):
             suffixes = [row[prefix_length:] for row in token_rows[start : start + self.batch_size]]
-            results += self._score_suffixes(copy.deepcopy(prefix_cache), prefix_length, suffixes)
+            results += self._score_suffixes(copy.deepcopy(prefix_cache), suffixes)
         return results
 
-    def _score_suffixes(self, cache: Cache, prefix_length: int, suffixes: list[list[int]]) -> list[tuple[float, float]]:
-        """Right-padded suffixes on the repeated prefix cache; read each row's last real position."""
+    def _score_suffixes(self, cache: Cache, suffixes: list[list[int]]) -> list[tuple[float, float]]:
+        """Right-padded suffixes on the repeated prefix cache; read each row's last real position.
+        No attention mask: the causal mask already keeps every real token from the padding after
+        it, and without one every model numbers the suffix positions on from the cache (Qwen2-VL
+        would number them from an attention mask as if it were the whole sequence)."""
         rows, width = len(suffixes), max(len(suffix) for suffix in suffixes)
         input_ids = torch.full((rows, width), chat.pad_token_id(self.tokenizer), dtype=torch.long)
-        attention_mask = torch.zeros((rows, prefix_length + width), dtype=torch.long)
-        attention_mask[:, :prefix_length] = 1
         for row, suffix in enumerate(suffixes):
             input_ids[row, : len(suffix)] = torch.tensor(suffix)
-            attention_mask[row, prefix_length : prefix_length + len(suffix)] = 1
         cache.batch_repeat_interleave(rows)
-        logits = self.model(
-            **self._on_device({"input_ids": input_ids, "attention_mask": attention_mask}),
-            past_key_values=cache,
-            use_cache=True,
-        ).logits
+        logits = self.model(input_ids=input_ids.to(self.device), past_key_values=cache, use_cache=True).logits
         last = torch.tensor([len(suffix) - 1 for suffix in suffixes], device=logits.device)
         return self._yes_no(logits[torch.arange(rows, device=logits.device), last])
 
@@ -289,8 +292,7 @@ class HFBackend:
             ids = chat.response_token_ids(self.processor, item.text, response, item.image is not None)
             # Recomputing the prompt would give the same bits; skipping it is only a saving.
             if previous is None or item.text != previous.text or item.image is not previous.image:
-                inputs = self._on_device(chat.encode_prompts(self.processor, [item.image], [item.text]))
-                output = self.model(**inputs, use_cache=True, logits_to_keep=1)
+                output = self._prefill(chat.encode_prompts(self.processor, [item.image], [item.text]))
                 prompt_cache, first_logits = output.past_key_values, output.logits[0]
             previous = item
             results.append((self._response_logprob(prompt_cache, first_logits, ids), len(ids)))
