@@ -20,6 +20,7 @@ from __future__ import annotations
 import importlib
 import math
 import random
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -207,11 +208,13 @@ def _train_worker(spec: dict) -> dict:
         history.append(metrics)
         if rank == 0:
             record_train_step(metrics, spec["run"], spec["iteration"])
-            # The live view: Ray forwards a worker's stdout to the driver's console.
+            # The live view: Ray forwards a worker's stdout to the driver's console. Ray Train
+            # patches print to log through its logger as well, which showed every line twice; a
+            # print to the real stdout is passed through once.
             eta = format_seconds((plan.total_steps - step - 1) * metrics["step_seconds"])
             print(f"train step {step + 1}/{plan.total_steps}  loss {metrics['loss']:.4f}  "
                   f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:.4f}  "
-                  f"{metrics['step_seconds']:.1f} s/step  ETA {eta}", flush=True)
+                  f"{metrics['step_seconds']:.1f} s/step  ETA {eta}", file=sys.__stdout__, flush=True)
         last = step + 1 == stop
         if last or (train_cfg.checkpoint_every_steps and (step + 1) % train_cfg.checkpoint_every_steps == 0):
             _save(ds_engine, step + 1, history, plan, metrics)
