@@ -37,7 +37,7 @@ WARMUP_STEPS = 50
 
 def first_phase_schedule(steps: int):
     """Warm-up, then a cosine decay to half the rate at the phase's end. Without the decay the
-    model still describes well but then never learns to answer yes/no (measured)."""
+    model still describes well but then never learns to answer yes/no."""
     return lambda k: min(1.0, (k + 1) / WARMUP_STEPS) * 0.5 * (1 + math.cos(math.pi * k / (2 * steps)))
 
 
