@@ -1,7 +1,7 @@
 """Tiny random-weight models of the real families, built offline and deterministically.
 
 Tests and the smoke configs need MLLMs and LLMs of the real families without downloading
-weights. These are a few MB, load with the transformers Auto classes and in vLLM, and share a
+weights. These are small, load with the transformers Auto classes and in vLLM, and share a
 byte-level BPE tokenizer trained on the synthetic world's vocabulary (each family adds its own
 special tokens and chat format), so scene words and the claim JSON cost few tokens and every
 yes/no answer word is a single token. This module builds tiny:llava and tiny:llm and holds the

@@ -2,7 +2,7 @@
 
 tiny:llava cuts its 32-pixel image into 8-pixel patches that straddle the scene's 3x3 grid;
 here the image is 48 pixels in 16-pixel patches, one per cell, so a model trained from scratch
-for a few CPU minutes can see each cell's shape and colour. engine.tiny_models builds it, with
+on a CPU can see each cell's shape and colour. engine.tiny_models builds it, with
 the tiny models' tokenizer and chat template, so the engine's backends and train/ treat it like
 them.
 """
