@@ -27,7 +27,7 @@ def encoded_rows(backend: HFBackend, images: Sequence[Image.Image], questions: l
     rows = []
     for image in images:
         first, token_rows = chat.encode_shared_image_prompts(backend.processor, image, questions)
-        image_inputs = {key: value for key, value in first.items() if key not in chat.TEXT_KEYS}
+        image_inputs = {key: value for key, value in first.items() if key not in chat.TOKEN_KEYS}
         rows += [(ids, image_inputs) for ids in token_rows]
     return rows
 

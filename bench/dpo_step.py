@@ -17,6 +17,7 @@ from PIL import Image
 
 from bench.timing import synchronize
 from engine.config import TrainConfig
+from engine.writer import pair_record
 from train.data import collate_pairs
 from train.trainer import _batch_loss, _deepspeed_config, _parameter_groups
 
@@ -44,8 +45,8 @@ def pair_rows(images: list[Image.Image], prompt: str, chosen: str, rejected: str
     for i, image in enumerate(images):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
-        rows.append({"pair_id": f"bench-{i}", "images": [buffer.getvalue()], "prompt": prompt, "chosen": chosen,
-                     "rejected": rejected, "ref_chosen_logps": -50.0, "ref_rejected_logps": -50.0})
+        rows.append(pair_record(prompt, buffer.getvalue(), chosen, rejected, pair_id=f"bench-{i}",
+                                ref_chosen_logps=-50.0, ref_rejected_logps=-50.0))
     return rows
 
 

@@ -23,8 +23,13 @@ REJECTED_COLOUR = "blue"
 class InstantBackend:
     """The backend protocol of engine.backends.base, answered from canned text."""
 
+    max_model_len = 1_000_000  # no prompt is too long for canned answers
+
     def __init__(self, path: str = "", model_cfg=None) -> None:
         pass
+
+    def prompt_tokens(self, item: Prompt) -> int:
+        return len(item.text.split())
 
     def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         return [[Completion(text=ANSWERS[seed % len(ANSWERS)], n_tokens=8, seed=seed) for seed in row] for row in seeds]

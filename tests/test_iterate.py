@@ -86,7 +86,7 @@ def test_two_iterations_and_the_second_samples_from_the_first_checkpoint(two_ite
     assert Path(trained) == run_dir / "iter_0" / "checkpoint" / "model"
     assert second["policy"] == trained
     # Iteration 1's pairs were sampled and reference-scored by that checkpoint...
-    assert set(pq.read_table(run_dir / "iter_1" / "pairs").column("policy_id").to_pylist()) == {trained}
+    assert set(pq.read_table(run_dir / "iter_1" / "pairs" / "part-00000.parquet").column("policy_id").to_pylist()) == {trained}
     # ...whose weights are not the initial model's.
     initial = load_file(Path(resolve_model_path(cfg.models.policy.path, cfg.models.cache_dir)) / "model.safetensors")
     after = load_file(Path(trained) / "model.safetensors")
@@ -120,7 +120,7 @@ def test_a_finished_run_is_not_redone_and_a_changed_config_is_refused(two_iterat
 
 def test_an_iteration_without_pairs_marks_training_skipped_in_the_trainers_result_file(tmp_path):
     from engine.iterate import _train
-    from engine.run import RunDir
+    from engine.run_dir import RunDir
     from train.trainer import RESULT_FILE, read_result
 
     cfg = load_config(None, [f"run.output_dir={tmp_path}"])
