@@ -179,9 +179,11 @@ def build_tokenizer(
     return tokenizer
 
 
-def llama_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes, **overrides) -> LlamaConfig:
-    """A Llama LM of `sizes` over `tokenizer`; `overrides` are further LlamaConfig fields."""
-    return LlamaConfig(
+def llama_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes, config_class: type = LlamaConfig,
+                 **overrides) -> PreTrainedConfig:
+    """A Llama-shaped LM of `sizes` over `tokenizer` (config_class: LlamaConfig or a family's
+    own, e.g. Qwen2Config); `overrides` replace or add config fields."""
+    fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=sizes.text_hidden,
         intermediate_size=2 * sizes.text_hidden,
@@ -193,8 +195,8 @@ def llama_config(tokenizer: PreTrainedTokenizerFast, sizes: ModelSizes, **overri
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        **overrides,
     )
+    return config_class(**{**fields, **overrides})
 
 
 def seeded_model(

@@ -6,6 +6,8 @@ import only the plain helpers (noise_image, QUESTIONS). `model_cache` comes from
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -26,6 +28,13 @@ def noise_image(seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
     """A deterministic RGB image whose pixels differ per seed, so image inputs matter."""
     pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
     return Image.fromarray(pixels, mode="RGB")
+
+
+def noise_png(seed: int) -> bytes:
+    """noise_image(seed) as PNG bytes, as an image column holds it."""
+    buffer = io.BytesIO()
+    noise_image(seed).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @pytest.fixture(scope="session")

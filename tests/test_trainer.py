@@ -7,7 +7,6 @@ is in the default suite; runs that only compare against it are marked slow.
 
 from __future__ import annotations
 
-import io
 import math
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from fixtures_models import noise_image
+from fixtures_models import noise_image, noise_png
 from safetensors.torch import load_file
 
 from engine.backends.base import Prompt
@@ -46,12 +45,6 @@ WEIGHT_TOLERANCE = 1e-6
 ZERO_STAGE_WEIGHT_TOLERANCE = 1e-4
 
 
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    noise_image(seed).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory, tiny_llava_dir):
     """8 pairs whose reference log-probs the engine's hf backend computed, as the pair stage does."""
@@ -64,7 +57,7 @@ def pairs_dir(tmp_path_factory, tiny_llava_dir):
                              chosen + rejected)
     backend.close()
     rows = [
-        pair_record("Describe the image.", png(i), chosen[i], rejected[i], pair_id=f"pair-{i:02d}",
+        pair_record("Describe the image.", noise_png(i), chosen[i], rejected[i], pair_id=f"pair-{i:02d}",
                     instruction_id=f"inst-{i}", iteration=0, chosen_score=0, rejected_score=-1, chosen_n_claims=1,
                     rejected_n_claims=1, ref_chosen_logps=logps[i][0], ref_rejected_logps=logps[N_PAIRS + i][0],
                     policy_id="tiny:llava", chosen_seed=2 * i, rejected_seed=2 * i + 1)
@@ -265,7 +258,7 @@ def test_ddpo_starts_at_log2_and_learns(preset, model_cache, pairs_dir, tmp_path
 def test_train_job_on_rlhfv_corrections_with_ddpo(model_cache, tmp_path):
     corrections = tmp_path / "corrections.parquet"
     pq.write_table(pa.table({
-        "image": [png(i) for i in range(4)],
+        "image": [noise_png(i) for i in range(4)],
         "question": ["Describe the image."] * 4,
         "chosen": [f"There is a {COLOURS[i]} circle in the top left." for i in range(4)],
         "rejected": [f"There is a {COLOURS[i + 1]} circle in the top left." for i in range(4)],

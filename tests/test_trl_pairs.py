@@ -4,7 +4,6 @@ encoding: the whole conversation through the model's chat template)."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_models import noise_image
+from fixtures_models import noise_image, noise_png
 
 from engine.backends.base import Prompt
 from engine.config import ModelConfig, PairConfig
@@ -23,18 +22,12 @@ ANSWERS = ["There is a red circle in the top left.", "There is a blue square in 
            "There are two green stars.", "There is a yellow cross."]
 
 
-def png(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    noise_image(seed).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def pairs_dir(tmp_path_factory, tiny_llava_dir):
     """Four pairs written by the writer, with reference log-probs from the hf backend (as the pair stage)."""
     from engine.backends.hf import HFBackend
 
-    rows = [{"id": f"inst-{i}", "prompt": "Describe the image.", "image": png(i), "answers": ANSWERS,
+    rows = [{"id": f"inst-{i}", "prompt": "Describe the image.", "image": noise_png(i), "answers": ANSWERS,
              "scores": [0, -1, -2, -3], "n_claims": [1, 1, 2, 3], "answer_seeds": [1, 2, 3, 4],
              "pairs": [{"chosen": i % 2, "rejected": 2 + i % 2}]} for i in range(4)]
     backend = HFBackend(tiny_llava_dir, ModelConfig(path=tiny_llava_dir), device="cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from engine.families.chatml import END_OF_TEXT, build_qwen_tokenizer
-from engine.tiny_models import MAX_POSITIONS, MESSAGE_PARTS, ModelSizes, build_tokenizer, llama_config, seeded_model
+from engine.tiny_models import MESSAGE_PARTS, ModelSizes, build_tokenizer, llama_config, seeded_model
 
 LLAMA3_SPECIAL_TOKENS = (
     "<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
@@ -42,20 +42,11 @@ def build_qwen25(out_dir: str | os.PathLike, seed: int) -> Path:
     out = Path(out_dir)
     sizes = ModelSizes()
     tokenizer = build_qwen_tokenizer(QWEN25_SYSTEM, multimodal=False)
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=sizes.text_hidden,
-        intermediate_size=2 * sizes.text_hidden,
-        num_hidden_layers=sizes.text_layers,
-        num_attention_heads=sizes.text_hidden // 64,
-        num_key_value_heads=1,
-        max_position_embeddings=MAX_POSITIONS,
-        initializer_range=sizes.initializer_range,
+    config = llama_config(
+        tokenizer, sizes, Qwen2Config,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6},
         tie_word_embeddings=True,  # as the small Qwen2.5 (0.5B-3B)
         bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     model = seeded_model(Qwen2ForCausalLM, config, tokenizer, seed, extra_stops=(END_OF_TEXT,))
     model.save_pretrained(out)
