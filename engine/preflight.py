@@ -16,7 +16,6 @@ from engine.errors import PreflightError
 from engine.inputs import check_unique_ids
 from engine.storage import exists
 
-GENERATION_ROLES = ("policy", "labeler", "splitter")
 
 
 def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
@@ -31,7 +30,9 @@ def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
         if cfg.eval.enabled:
             inputs["eval.heldout_path"] = cfg.eval.heldout_path
     if models is None:
-        models = {f"models.{role}.path": getattr(cfg.models, role) for role in GENERATION_ROLES}
+        from engine.pipeline import generation_models
+
+        models = {f"models.{role}.path": model for role, model in generation_models(cfg).items()}
     for key, path in inputs.items():
         if not _exists(key, path):
             raise PreflightError(f"{key} {path!r} does not exist")
