@@ -15,6 +15,9 @@ import msgspec
 class Claim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fact: str
     question: str
+    # The answer's sentence the fact comes from, verbatim; asked for only with
+    # split.quote_sentences (corrections and token labels locate rejected claims by it).
+    quote: str = ""
 
 
 class _SplitterOutput(msgspec.Struct, forbid_unknown_fields=True):
@@ -25,14 +28,19 @@ class ClaimsUnparseable(ValueError):
     """The splitter's output is not the JSON the schema asks for (e.g. cut off by max tokens)."""
 
 
-def claims_json_schema(max_claims: int, max_chars: int) -> dict:
+def claim_fields(quotes: bool) -> tuple[str, ...]:
+    """The keys of one claim in the splitter's JSON, in the order it writes them."""
+    return ("quote", "fact", "question") if quotes else ("fact", "question")
+
+
+def claims_json_schema(max_claims: int, max_chars: int, quotes: bool = False) -> dict:
     """The JSON schema the splitter decodes under: at most max_claims claims, each string at
-    most max_chars characters."""
-    text = {"type": "string", "maxLength": max_chars}
+    most max_chars characters; with `quotes`, each claim first quotes its sentence."""
+    fields = claim_fields(quotes)
     claim = {
         "type": "object",
-        "properties": {"fact": text, "question": dict(text)},
-        "required": ["fact", "question"],
+        "properties": {name: {"type": "string", "maxLength": max_chars} for name in fields},
+        "required": list(fields),
         "additionalProperties": False,
     }
     return {
@@ -48,17 +56,26 @@ def claims_json_schema(max_claims: int, max_chars: int) -> dict:
 CHARS_PER_TOKEN = 4
 
 
-def claims_token_estimate(max_claims: int, max_chars: int) -> int:
-    """Tokens of the longest output the schema admits (max_claims claims whose fact and question
-    are max_chars characters each, as compact JSON) at CHARS_PER_TOKEN characters per token:
+def claims_token_estimate(max_claims: int, max_chars: int, quotes: bool = False) -> int:
+    """Tokens of the longest output the schema admits (max_claims claims whose strings are
+    max_chars characters each, as compact JSON) at CHARS_PER_TOKEN characters per token:
     the budget under which no split is cut off before its JSON closes."""
+    fields = claim_fields(quotes)
     empty = len('{"claims":[]}')
-    per_claim = 2 * max_chars + len('{"fact":"","question":""},')
+    per_claim = len(fields) * max_chars + len("{},") + sum(len(f'"{name}":"",') for name in fields) - 1
     return -(-(empty + max_claims * per_claim) // CHARS_PER_TOKEN)
 
 
-def splitter_prompt(instruction: str, answer: str) -> str:
-    """The user message for the splitter LLM: one instruction and one answer to it."""
+def splitter_prompt(instruction: str, answer: str, quotes: bool = False) -> str:
+    """The user message for the splitter LLM: one instruction and one answer to it; with
+    `quotes`, each fact also carries the answer's sentence it comes from."""
+    if quotes:
+        step_3 = ("Step 3. For each fact, copy the one sentence of the answer it comes from, word for "
+                  "word, as its quote.\n\n")
+        form = '{"claims": [{"quote": "<the sentence>", "fact": "<the fact>", "question": "<its yes/no question>"}]}. '
+    else:
+        step_3 = ""
+        form = '{"claims": [{"fact": "<the fact>", "question": "<its yes/no question>"}]}. '
     return (
         "Below is a request about an image and an answer that an assistant gave to it.\n\n"
         f"Request: {instruction.strip()}\n"
@@ -70,8 +87,9 @@ def splitter_prompt(instruction: str, answer: str) -> str:
         "Step 2. For each fact, write one general yes/no question that asks whether the fact is "
         "true of the image. Keep the fact's tense and any negation, and add nothing that the "
         "fact does not say.\n\n"
+        f"{step_3}"
         "Reply with JSON only, in this form: "
-        '{"claims": [{"fact": "<the fact>", "question": "<its yes/no question>"}]}. '
+        f"{form}"
         'If the answer asserts nothing about the image, reply {"claims": []}.'
     )
 
@@ -85,7 +103,7 @@ def parse_claims(text: str, max_claims: int) -> list[Claim]:
         output = msgspec.json.decode(text.strip(), type=_SplitterOutput)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ClaimsUnparseable(f"{exc}; output starts {text[:80]!r}") from None
-    claims = [Claim(c.fact.strip(), c.question.strip()) for c in output.claims]
+    claims = [Claim(c.fact.strip(), c.question.strip(), c.quote.strip()) for c in output.claims]
     return [c for c in claims if c.question][:max_claims]
 
 

@@ -62,7 +62,7 @@ class Job(click.Command):
 
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
 # imports (ray, torch, deepspeed) happen only when that job runs.
-JOBS = ("iterate", "generate", "train", "bon", "evaluate")
+JOBS = ("iterate", "generate", "train", "bon", "evaluate", "correct")
 
 
 class _JobGroup(click.Group):

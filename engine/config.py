@@ -190,6 +190,9 @@ class SplitConfig(_Strict):
     score_claimless_answers: Annotated[bool, Meta(description=(
         "Ablation only. false (the method): an answer without claims is diverted as no_claims. true "
         "scores it 0, the best score, so a vacuous answer beats one with a rejected claim."))] = False
+    quote_sentences: Annotated[bool, Meta(description=(
+        "true: each claim also quotes the answer's sentence it comes from, so that jobs/correct.py can "
+        "remove the sentences of rejected claims. Costs about half again the splitter's output tokens."))] = False
     resources: Resources = Resources()
 
 

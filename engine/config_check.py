@@ -103,11 +103,12 @@ def check_split_budget(cfg: Config) -> None:
     split = cfg.split
     if cfg.models.splitter.backend not in WEIGHT_BACKENDS:
         return
-    needed = claims_token_estimate(split.max_claims, split.max_claim_chars)
+    needed = claims_token_estimate(split.max_claims, split.max_claim_chars, split.quote_sentences)
+    strings = "quote, fact and question" if split.quote_sentences else "fact and question"
     if split.max_new_tokens < needed:
         raise ConfigError(
             f"split.max_new_tokens = {split.max_new_tokens} cannot hold split.max_claims = {split.max_claims} "
-            f"claims of split.max_claim_chars = {split.max_claim_chars} characters (fact and question each): "
+            f"claims of split.max_claim_chars = {split.max_claim_chars} characters ({strings} each): "
             f"about {needed} tokens of JSON at {CHARS_PER_TOKEN} characters per token; raise it or lower those")
 
 

@@ -40,6 +40,8 @@ FLIGHT_SCHEMA = pa.schema(
         # Per answer: null when its claims could not be parsed (see answer_rejects).
         pa.field("facts", pa.list_(pa.list_(pa.string()))),
         pa.field("questions", pa.list_(pa.list_(pa.string()))),
+        # Per claim, the answer's sentence it comes from (split.quote_sentences), else null.
+        pa.field("quotes", pa.list_(pa.list_(pa.string()))),
         pa.field("answer_rejects", pa.list_(ANSWER_REJECT)),
         pa.field("p_yes", pa.list_(pa.list_(pa.float64()))),
         pa.field("p_no", pa.list_(pa.list_(pa.float64()))),

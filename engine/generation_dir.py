@@ -22,7 +22,7 @@ from engine.storage import exists, join, read_json, write_json_atomic
 START_MARKER = "generation_start.json"
 GENERATION_MANIFEST = "generation.json"
 # What a pass writes: engine.writer's layout, then the manifest.
-PASS_OUTPUTS = ("candidates", "rejects", "rows", "pairs", GENERATION_MANIFEST)
+PASS_OUTPUTS = ("candidates", "rejects", "claims", "rows", "pairs", GENERATION_MANIFEST)
 # The config sections every pass reads besides its stages' own.
 READ_SECTIONS = ("input", "models", "validate")
 

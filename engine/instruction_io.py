@@ -135,6 +135,11 @@ def write_rows(table: pa.Table, url: str, kind: RowKind = INSTRUCTIONS) -> None:
     write_bytes_atomic(url, data)
 
 
+def rejects_beside(url: str) -> str:
+    """Where the rows diverted while making the file at `url` go: <url without suffix>.rejects.parquet."""
+    return url.rsplit(".", 1)[0] + ".rejects.parquet"
+
+
 def write_instructions(table: pa.Table, url: str) -> None:
     write_rows(table, url, INSTRUCTIONS)
 

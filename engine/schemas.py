@@ -109,6 +109,26 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# One row per scored answer (claims/ in an iteration's output): its claims, the sentence each
+# quotes (split.quote_sentences, else null) and the labeler's probabilities. jobs/correct.py
+# turns these into AI corrections; they also say why a pair was chosen.
+CLAIMS_SCHEMA = pa.schema(
+    [
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("iteration", pa.int32(), nullable=False),
+        pa.field("answer_index", pa.int32(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("answer_seed", pa.int64()),
+        pa.field("facts", pa.list_(pa.string())),
+        pa.field("questions", pa.list_(pa.string())),
+        pa.field("quotes", pa.list_(pa.string())),
+        pa.field("p_yes", pa.list_(pa.float64())),
+        pa.field("p_no", pa.list_(pa.float64())),
+    ]
+)
+
+
 # A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
 REJECT_SCHEMA = pa.schema(
     [

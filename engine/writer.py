@@ -3,6 +3,7 @@
 Layout of one iteration's generation output (any fsspec URL):
   candidates/part-<key>.parquet   pairs before length balancing (PAIR_SCHEMA)
   rejects/part-<key>.parquet      diverted rows and answers with their reason (REJECT_SCHEMA)
+  claims/part-<key>.parquet       every scored answer's claims and probabilities (CLAIMS_SCHEMA)
   rows/part-<key>.parquet         one stats row per instruction (instruction_stats_schema),
                                   written last: its presence marks those instructions done
   pairs/part-<n>.parquet          the final pairs, after the length-balancing pass
@@ -20,6 +21,7 @@ from engine.config import PairConfig
 from engine.pairing import accepts, length_balance, pair_id, word_count
 from engine import schemas
 from engine.schemas import (
+    CLAIMS_SCHEMA,
     REJECT_SCHEMA,
     assistant_turn,
     instruction_stats_schema,
@@ -66,6 +68,21 @@ def pair_rows(rows: list[dict], iteration: int, policy_id: str) -> pa.Table:
                 rejected_seed=row["answer_seeds"][r],
             ))
     return pa.Table.from_pylist(out, schema=schemas.PAIR_SCHEMA)
+
+
+def claim_rows(rows: list[dict], iteration: int) -> pa.Table:
+    """Every scored answer of `rows` with its claims (none from a pass without a score stage)."""
+    out = []
+    for row in rows:
+        for j, p_yes in enumerate(row.get("p_yes") or []):
+            if p_yes is None:  # not scored: its claims could not be parsed (see rejects/)
+                continue
+            quotes = row.get("quotes") or [None] * len(row["answers"])
+            out.append({"instruction_id": row["id"], "iteration": iteration, "answer_index": j,
+                        "prompt": row["prompt"], "answer": row["answers"][j], "answer_seed": row["answer_seeds"][j],
+                        "facts": row["facts"][j], "questions": row["questions"][j], "quotes": quotes[j],
+                        "p_yes": p_yes, "p_no": row["p_no"][j]})
+    return pa.Table.from_pylist(out, schema=CLAIMS_SCHEMA)
 
 
 def excerpt(text: str | None, limit: int = REJECT_PROMPT_CHARS) -> str | None:

@@ -14,11 +14,14 @@ from engine.backends import make_backend
 from engine.backends.base import Completion, Prompt, SamplingParams
 from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, splitter_prompt
 from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
+from engine.instruction_io import CORRECTIONS, read_rows
 from engine.preflight import check_model_path
 from engine.scenes import DESCRIBE, SceneObject, describe
+from engine.schemas import CLAIMS_SCHEMA
 from engine.stages.base import RunContext
 from engine.stages.sample import SampleStage
 from engine.stages.score import ScoreStage
+from engine.storage import read_parquet_dir
 from toyworld.sft_data import examples, noisy_description
 from toyworld.splitter import SceneGrammarSplitter
 from toyworld.train_policy import train_policy
@@ -152,12 +155,28 @@ def toyworld_config(tmp_path, model_cache, *extra):
         "sample.max_new_tokens=24", "eval.limit=3", "eval.max_new_tokens=24", *extra])
 
 
-def test_toyworld_generation_pass_splits_with_the_grammar(ray_local, tmp_path, model_cache):
+def test_toyworld_generation_pass_splits_with_the_grammar_and_its_claims_make_ai_corrections(
+        ray_local, tmp_path, model_cache):
+    from engine.correct_pass import run_correct
     from engine.pipeline import generate_pairs
+    from engine.sentences import sentence_spans
 
-    summary = generate_pairs(toyworld_config(tmp_path, model_cache), 0, str(tmp_path / "iter_0"))
+    cfg = toyworld_config(tmp_path, model_cache, "split.quote_sentences=true")
+    summary = generate_pairs(cfg, 0, str(tmp_path / "iter_0"))
     assert summary["instructions"] == 3 and summary["answers_parsed"] == 9
     assert summary["claims"] > 0
+
+    out = str(tmp_path / "corrections.parquet")
+    counts = run_correct(cfg, str(tmp_path / "iter_0"), out)
+    assert counts["corrections"] > 0 and counts["corrections"] + counts["diverted"] == 9  # none lost
+    claims = {(r["instruction_id"], r["answer_index"]): r
+              for r in read_parquet_dir(str(tmp_path / "iter_0" / "claims"), CLAIMS_SCHEMA).to_pylist()}
+    for row in read_rows(out, CORRECTIONS).to_pylist():
+        instruction_id, _, answer_index = row["id"].rsplit("-", 2)
+        scored = claims[(instruction_id, int(answer_index))]
+        rejected = {q for q, yes, no in zip(scored["quotes"], scored["p_yes"], scored["p_no"]) if yes <= no}
+        kept = [row["rejected"][a:b] for a, b in sentence_spans(row["rejected"]) if row["rejected"][a:b] not in rejected]
+        assert rejected and [row["chosen"][a:b] for a, b in sentence_spans(row["chosen"])] == kept
 
 
 @pytest.mark.slow

@@ -22,15 +22,15 @@ import msgspec
 import pyarrow as pa
 
 from engine.config import Config, load_config
-from engine.instruction_io import CORRECTIONS, write_rows
+from engine.instruction_io import CORRECTIONS, rejects_beside, write_rows
 from engine.scenes import DESCRIBE, Scene, SceneObject, describe, make_scene, render
 from engine.schemas import CORRECTION_SCHEMA, REJECT_SCHEMA
 from engine.seeds import derive_seed
+from engine.sentences import rewrite_sentences, sentence_spans
 from engine.vocabulary import COLOURS, POSITIONS, SHAPES
 from toyworld.grammar import mentioned_objects
 from toyworld.run import TOYWORLD_CONFIG
 
-_SENTENCE = re.compile(r"\S.*?(?:\.(?=\s|$)|$)", re.DOTALL)
 _GRAMMAR = re.compile(rf"There is a ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) at the ({'|'.join(POSITIONS)})\.")
 
 
@@ -63,31 +63,21 @@ def _replacement(sentence: str, scene: Scene, described: set[SceneObject]) -> Sc
 
 
 def correct(description: str, scene: Scene) -> tuple[str, list[dict]]:
-    """The corrected description and its edits (CORRECTION_SCHEMA's character spans). Text
-    between sentences is kept; a removed sentence takes the space before it (after it, when first)."""
-    spans = [(m.start(), m.end()) for m in _SENTENCE.finditer(description)]
+    """The corrected description and its edits (CORRECTION_SCHEMA's character spans), by
+    engine.sentences.rewrite_sentences: each wrong sentence rewritten, or removed when every
+    scene object is described already."""
+    spans = sentence_spans(description)
     right = [_is_right(description[a:b], scene) for a, b in spans]
     described = set().union(*(_described(description[a:b], scene) for (a, b), ok in zip(spans, right) if ok))
-    out, edits, cursor = [], [], 0
+    replacements: dict[int, str | None] = {}
     for k, ((start, end), ok) in enumerate(zip(spans, right)):
         if ok:
             continue
         new = _replacement(description[start:end], scene, described)
-        if new is None:
-            if k:
-                start = max(spans[k - 1][1], cursor)
-            elif len(spans) > 1:
-                end = spans[1][0]
-        out.append(description[cursor:start])
-        chosen_start = sum(map(len, out))
         if new is not None:
             described.add(new)
-            out.append(describe((new,)))
-        edits.append({"rejected_start": start, "rejected_end": end,
-                      "chosen_start": chosen_start, "chosen_end": sum(map(len, out))})
-        cursor = end
-    out.append(description[cursor:])
-    return "".join(out), edits
+        replacements[k] = None if new is None else describe((new,))
+    return rewrite_sentences(description, spans, replacements)
 
 
 def correction_rows(cfg: Config, n: int, seed: int) -> tuple[pa.Table, pa.Table]:
@@ -134,7 +124,7 @@ def main(config_path: str, n: int, seed: int, out: str) -> None:
 
     table, rejects = correction_rows(load_config(config_path), n, seed)
     write_rows(table, out, CORRECTIONS)
-    rejects_url = out.rsplit(".", 1)[0] + ".rejects.parquet"
+    rejects_url = rejects_beside(out)
     write_parquet_atomic(rejects, rejects_url)
     click.echo(f"wrote {table.num_rows} corrections to {out}; {rejects.num_rows} descriptions diverted to {rejects_url}")
 

@@ -26,15 +26,25 @@ from PIL import Image
 
 from engine.backends.base import Completion, Prompt, SamplingParams
 from engine.config import ModelConfig
+from engine.sentences import sentence_spans
 from toyworld.grammar import existence_fact, existence_question, mentioned_objects, outside_grammar
 
 # The answer line of engine.claims.splitter_prompt.
 _ANSWER = re.compile(r"^Answer: (.*?)\n\nStep 1\.", re.DOTALL | re.MULTILINE)
 
 
-def split_scene_answer(answer: str) -> list[dict[str, str]]:
-    """The claims of one answer in the scene grammar, one per object mention, in order."""
-    return [{"fact": existence_fact(name), "question": existence_question(name)} for name in mentioned_objects(answer)]
+def split_scene_answer(answer: str, quotes: bool = False) -> list[dict[str, str]]:
+    """The claims of one answer in the scene grammar, one per object mention, in order; with
+    `quotes`, each quoting the sentence that names its object (exact: a mention never spans
+    two sentences)."""
+    if not quotes:
+        return [_claim(name) for name in mentioned_objects(answer)]
+    sentences = [answer[start:end] for start, end in sentence_spans(answer)]
+    return [{"quote": sentence, **_claim(name)} for sentence in sentences for name in mentioned_objects(sentence)]
+
+
+def _claim(name: str) -> dict[str, str]:
+    return {"fact": existence_fact(name), "question": existence_question(name)}
 
 
 class SceneGrammarSplitter:
@@ -48,6 +58,7 @@ class SceneGrammarSplitter:
     def generate_json(self, prompts: list[str], json_schema: dict, params: SamplingParams,
                       seeds: list[int]) -> list[str]:
         max_items = json_schema["properties"]["claims"].get("maxItems")
+        quotes = "quote" in json_schema["properties"]["claims"]["items"]["properties"]
         outputs = []
         for prompt in prompts:
             match = _ANSWER.search(prompt)
@@ -57,7 +68,7 @@ class SceneGrammarSplitter:
             if stray is not None:
                 outputs.append(f"not in the scene grammar: {stray!r}")
                 continue
-            claims = split_scene_answer(match[1])[:max_items]
+            claims = split_scene_answer(match[1], quotes)[:max_items]
             outputs.append(json.dumps({"claims": claims}, separators=(",", ":")))
         return outputs
 

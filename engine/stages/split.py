@@ -18,7 +18,7 @@ class SplitStage(ModelStage):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.schema = claims_json_schema(self.cfg.max_claims, self.cfg.max_claim_chars)
+        self.schema = claims_json_schema(self.cfg.max_claims, self.cfg.max_claim_chars, self.cfg.quote_sentences)
         self.params = SamplingParams.of(self.cfg)
 
     @classmethod
@@ -31,13 +31,14 @@ class SplitStage(ModelStage):
         for row in rows:
             row["facts"] = [None] * len(row["answers"])
             row["questions"] = [None] * len(row["answers"])
+            row["quotes"] = [None] * len(row["answers"])
             row["answer_rejects"] = list(row.get("answer_rejects") or [])
         errors: dict[tuple[str, int], str] = {}
         no_claims: list[tuple[dict, int]] = []
         for attempt in range(self.cfg.max_retries + 1):
             if not pending:
                 break
-            prompts = [splitter_prompt(row["prompt"], row["answers"][j]) for row, j in pending]
+            prompts = [splitter_prompt(row["prompt"], row["answers"][j], self.cfg.quote_sentences) for row, j in pending]
             seeds = [derive_seed(self.context.seed, self.context.iteration, row["id"], j, f"split-{attempt}") for row, j in pending]
             outputs = self.backend.generate_json(prompts, self.schema, self.params, seeds)
             still_pending = []
@@ -53,6 +54,8 @@ class SplitStage(ModelStage):
                     continue
                 row["facts"][j] = [c.fact for c in claims]
                 row["questions"][j] = [c.question for c in claims]
+                if self.cfg.quote_sentences:
+                    row["quotes"][j] = [c.quote for c in claims]
             pending = still_pending
         for row, j in pending:
             row["answer_rejects"].append(
