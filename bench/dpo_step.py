@@ -19,7 +19,8 @@ from bench.timing import synchronize
 from engine.config import TrainConfig
 from engine.writer import pair_record
 from train.data import collate_pairs
-from train.trainer import _batch_loss, _deepspeed_config, _parameter_groups
+from train.objectives import preference_loss
+from train.trainer import _deepspeed_config, _parameter_groups
 
 
 def init_single_process() -> None:
@@ -95,7 +96,7 @@ def step_per_zero_stage(build_model: Callable[[], torch.nn.Module], processor, r
 def _timed_step(engine, batch, t: TrainConfig, device: torch.device) -> float:
     synchronize(device)
     start = time.perf_counter()
-    loss, _ = _batch_loss(engine, batch, t)
+    loss, _ = preference_loss(engine, batch, t)
     engine.backward(loss)
     engine.step()
     synchronize(device)

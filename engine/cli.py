@@ -41,6 +41,18 @@ class OneLineError(click.ClickException):
         click.echo(f"error: {self.format_message()}", err=True)
 
 
+def column_map(options: tuple[str, ...], roles: tuple[str, ...]) -> dict[str, str]:
+    """--column ROLE=COLUMN options -> {role: column}, refusing unknown roles in one line."""
+    columns = {}
+    for text in options:
+        role, sep, name = text.partition("=")
+        if not sep or role not in roles or not name:
+            raise click.BadParameter(f"{text!r}: expected ROLE=COLUMN with ROLE one of {', '.join(roles)}",
+                                     param_hint="--column")
+        columns[role] = name
+    return columns
+
+
 class Job(click.Command):
     """A command (every job, `config show`) that reports an EngineError as one line, without a
     traceback: what went wrong is the user's to fix, not a bug. Every job also takes
@@ -62,7 +74,7 @@ class Job(click.Command):
 
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
 # imports (ray, torch, deepspeed) happen only when that job runs.
-JOBS = ("iterate", "generate", "train", "bon", "evaluate", "correct")
+JOBS = ("iterate", "generate", "train", "sft", "bon", "evaluate", "correct")
 
 
 class _JobGroup(click.Group):

@@ -283,6 +283,22 @@ class TrainConfig(_Strict):
         "Save a DeepSpeed checkpoint every this many optimizer steps (0 = only at the end)."))] = 0
 
 
+class SftConfig(_Strict):
+    """Supervised fine-tuning (jobs/sft.py, docs/algorithms.md §10); the optimisation settings are
+    [train]'s. Each augmentation is drawn per example and step, seeded by run.seed."""
+
+    augment: Annotated[list[Literal["hflip", "brightness_contrast", "crop"]], Meta(description=(
+        "Image augmentations, none by default. hflip mirrors the image and swaps left/right in the "
+        "question and answer; brightness_contrast keeps every hue, so colour words stay true; crop "
+        "can cut out objects the answer still names (the ablation of §10)."))] = []
+    augment_probability: Annotated[Fraction, Meta(description=(
+        "Chance that each listed augmentation is applied to an example at a step."))] = 0.5
+    jitter: Annotated[Fraction, Meta(description=(
+        "brightness_contrast: brightness and contrast factors drawn from [1 - jitter, 1 + jitter]."))] = 0.2
+    crop_min_scale: Annotated[Share, Meta(description=(
+        "crop: the kept window's side is at least this share of the image's side."))] = 0.6
+
+
 class BonConfig(_Strict):
     """Self-feedback Best-of-N (docs/algorithms.md §7): n samples from the trained policy, ranked by
     r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
@@ -349,6 +365,7 @@ class Config(_Strict):
     score: ScoreConfig = ScoreConfig()
     pair: PairConfig = PairConfig()
     train: TrainConfig = TrainConfig()
+    sft: SftConfig = SftConfig()
     bon: BonConfig = BonConfig()
     eval: EvalConfig = EvalConfig()
 

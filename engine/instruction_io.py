@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from engine.schemas import CORRECTION_SCHEMA, INSTRUCTION_SCHEMA
+from engine.schemas import CORRECTION_SCHEMA, INSTRUCTION_SCHEMA, SFT_SCHEMA
 from engine.storage import filesystem, redact_uri, write_bytes_atomic
 
 FORMATS = ("parquet", "jsonl")
@@ -46,6 +46,8 @@ INSTRUCTIONS = RowKind("instruction", INSTRUCTION_SCHEMA, ("id", "prompt"),
                        {**_COMMON_TYPES, "prompt": (str,), "objects": (list,), "references": (list,)})
 CORRECTIONS = RowKind("correction", CORRECTION_SCHEMA, ("question", "chosen", "rejected"),
                       {**_COMMON_TYPES, "question": (str,), "rejected": (str,), "chosen": (str,), "edits": (list,)})
+SFT_EXAMPLES = RowKind("sft example", SFT_SCHEMA, ("question", "answer"),
+                       {**_COMMON_TYPES, "question": (str,), "answer": (str,)})
 # JSONL list fields whose items are not strings: checked by converting the row to the schema.
 _STRUCT_LISTS = ("edits",)
 

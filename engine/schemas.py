@@ -53,6 +53,20 @@ CORRECTION_SCHEMA = pa.schema(
 
 
 
+# Supervised fine-tuning rows (jobs/sft.py): an image (bytes or URI), a question and the answer
+# to learn, e.g. trustworthy VQA data or descriptions.
+SFT_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string()),
+        pa.field("image", pa.binary()),
+        pa.field("image_uri", pa.string()),
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("read_error", pa.string()),
+    ]
+)
+
+
 def user_turn(prompt: str, has_image: bool) -> list[dict]:
     """The user's message in the conversational form of the pair shards, TRL and
     engine.chat's rendering: the image part (if any) first, then the text."""

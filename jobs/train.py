@@ -10,23 +10,12 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import Job, config_option, set_option
+from engine.cli import Job, column_map, config_option, set_option
 from engine.config import load_config
 from engine.preflight import policy_at, preflight
 from engine.schemas import CORRECTION_SCHEMA
 
 CORRECTION_ROLES = tuple(name for name in CORRECTION_SCHEMA.names if name != "read_error")
-
-
-def _column_map(pairs: tuple[str, ...]) -> dict[str, str]:
-    columns = {}
-    for text in pairs:
-        role, sep, name = text.partition("=")
-        if not sep or role not in CORRECTION_ROLES or not name:
-            raise click.BadParameter(f"{text!r}: expected ROLE=COLUMN with ROLE one of {', '.join(CORRECTION_ROLES)}",
-                                     param_hint="--column")
-        columns[role] = name
-    return columns
 
 
 @click.command("train", cls=Job)
@@ -71,7 +60,7 @@ def main(config_path, overrides, pairs_dir, corrections, columns, init_model, ou
     out_dir = out_dir or join(cfg.run.output_dir, cfg.run.name, "train")
     init_ray(cfg.ray)
     if corrections is not None:
-        pairs_dir = _corrections_to_pairs(cfg, corrections, _column_map(columns), init_model, out_dir)
+        pairs_dir = _corrections_to_pairs(cfg, corrections, column_map(columns, CORRECTION_ROLES), init_model, out_dir)
     result = train_dpo(cfg, pairs_dir, init_model, out_dir, resume=not fresh, max_steps=max_steps)
     for metrics in result.history:
         click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))

@@ -74,11 +74,12 @@ def read_pair_dataset(pairs_dir: str):
     return ds
 
 
-def rows_of(dataset_shard) -> list[dict]:
-    """Every row of a worker's dataset iterator as Python dicts, sorted by pair_id."""
+def rows_of(dataset_shard, id_column: str = "pair_id") -> list[dict]:
+    """Every row of a worker's dataset iterator as Python dicts, sorted by their id: the batch
+    plan's order then depends neither on the shard layout nor on the read order."""
     tables = list(dataset_shard.iter_batches(batch_format="pyarrow", batch_size=None))
     rows = pa.concat_tables(tables).to_pylist() if tables else []
-    return sorted(rows, key=lambda row: row["pair_id"])
+    return sorted(rows, key=lambda row: row[id_column])
 
 
 @dataclass(frozen=True)
@@ -180,29 +181,14 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,
     if not rows:
         raise ValueError("cannot collate an empty list of pairs")
     images = [decode_pair_image(row) for row in rows]
-    encoded = chat.encode_for_logprobs(
-        processor,
-        images * 2,
-        [turn_text(row["prompt"]) for row in rows] * 2,
+    encoded, response_mask, n_truncated = encode_within(
+        processor, images * 2, [turn_text(row["prompt"]) for row in rows] * 2,
         [turn_text(row["chosen"]) for row in rows] + [turn_text(row["rejected"]) for row in rows],
-    )
-    response_mask = encoded.pop("response_mask")
-    lengths = encoded["attention_mask"].sum(dim=1)
-    prompt_lengths = response_mask.argmax(dim=1)  # first response position
+        max_length, [f"pair {row['pair_id']}" for row in rows] * 2)
     changed = None if ddpo_mask is None else _changed_mask(encoded["input_ids"], response_mask, ddpo_mask)
-    too_long = prompt_lengths >= max_length
-    if bool(too_long.any()):
-        i = int(too_long.nonzero()[0, 0]) % len(rows)
-        raise PairDataError(f"pair {rows[i]['pair_id']}: the prompt alone is {int(prompt_lengths[i])} tokens, "
-                            f"leaving no room for the answer within train.max_length={max_length}")
-    n_truncated = int((lengths > max_length).sum())
-    if encoded["input_ids"].shape[1] > max_length:
-        for key in ("input_ids", "attention_mask"):
-            encoded[key] = encoded[key][:, :max_length]
-        response_mask = response_mask[:, :max_length]
-        changed = None if changed is None else changed[:, :max_length]
+    encoded, response_mask, changed = cut_to(max_length, encoded, response_mask, changed)
     return PairBatch(
-        model_inputs=dict(encoded),
+        model_inputs=encoded,
         response_mask=response_mask,
         changed_mask=changed,
         ref_chosen_logps=torch.tensor([row["ref_chosen_logps"] for row in rows], dtype=torch.float32),
@@ -210,6 +196,30 @@ def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,
         pair_ids=[row["pair_id"] for row in rows],
         n_truncated=n_truncated,
     )
+
+
+def encode_within(processor: Any, images: Sequence[Image.Image | None], prompts: Sequence[str],
+                  responses: Sequence[str], max_length: int, names: Sequence[str]):
+    """engine.chat.encode_for_logprobs, uncut: (inputs, response_mask, how many sequences run
+    past max_length). A prompt leaving no room for one response token within max_length is a
+    PairDataError naming its row (`names`)."""
+    encoded = dict(chat.encode_for_logprobs(processor, images, prompts, responses))
+    response_mask = encoded.pop("response_mask")
+    prompt_lengths = response_mask.argmax(dim=1)  # first response position
+    too_long = prompt_lengths >= max_length
+    if bool(too_long.any()):
+        i = int(too_long.nonzero()[0, 0])
+        raise PairDataError(f"{names[i]}: the prompt alone is {int(prompt_lengths[i])} tokens, "
+                            f"leaving no room for the answer within train.max_length={max_length}")
+    return encoded, response_mask, int((encoded["attention_mask"].sum(dim=1) > max_length).sum())
+
+
+def cut_to(max_length: int, encoded: dict, *masks: torch.Tensor | None):
+    """The token inputs and masks cut to max_length positions (image inputs are not tokens)."""
+    if encoded["input_ids"].shape[1] <= max_length:
+        return encoded, *masks
+    encoded = {**encoded, **{key: encoded[key][:, :max_length] for key in ("input_ids", "attention_mask")}}
+    return encoded, *(None if mask is None else mask[:, :max_length] for mask in masks)
 
 
 def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor, kind: str) -> torch.Tensor:
@@ -225,6 +235,34 @@ def _changed_mask(input_ids: torch.Tensor, response_mask: torch.Tensor, kind: st
         mask[i, chosen_pos] = torch.tensor(chosen_changed, dtype=mask.dtype)
         mask[half + i, rejected_pos] = torch.tensor(rejected_changed, dtype=mask.dtype)
     return mask
+
+
+class RowDiverted(ValueError):
+    """A training input row that is diverted, with its reason, instead of trained on."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def checked_row(row: dict, texts: Sequence[str], validate: ValidateConfig) -> tuple[bytes, Image.Image]:
+    """(image bytes, decoded image) of an input row (corrections, SFT examples) that the reader
+    could read, whose `texts` columns are not blank and whose image (bytes or image_uri) passes
+    the validate limits; else RowDiverted."""
+    from engine.images import ImageRejected, decode_image
+    from engine.instruction_io import load_image_bytes
+
+    if row["read_error"]:
+        raise RowDiverted("unreadable_row", row["read_error"])
+    if any(not (row[name] or "").strip() for name in texts):
+        raise RowDiverted("empty_text", f"the {' or '.join(texts)} is empty")
+    try:
+        data = row["image"] or (load_image_bytes(row["image_uri"]) if row["image_uri"] else None)
+        return data, decode_image(data, validate.max_image_bytes, validate.max_image_pixels)
+    except ImageRejected as exc:
+        raise RowDiverted(exc.reason, exc.detail) from None
+    except OSError as exc:
+        raise RowDiverted("missing_image", str(exc)) from None
 
 
 def read_correction_table(url: str, columns: dict[str, str] | None = None, format: str = "auto") -> pa.Table:
@@ -257,35 +295,18 @@ def pairs_from_corrections(
     """
     from engine.backends import make_backend
     from engine.backends.base import Prompt
-    from engine.images import ImageRejected, decode_image
-    from engine.instruction_io import load_image_bytes
 
     kept, images, rejects = [], [], []
     for index, row in enumerate(table.to_pylist()):
         instruction_id = row["id"] or f"correction-{index}"
         question, chosen, rejected = row["question"] or "", row["chosen"] or "", row["rejected"] or ""
-
-        def divert(reason: str, detail: str) -> None:
-            rejects.append({"instruction_id": instruction_id, "iteration": iteration, "stage": "corrections",
-                            "reason": reason, "detail": detail, "answer_index": -1, "prompt": question})
-
-        if row["read_error"]:
-            divert("unreadable_row", row["read_error"])
-            continue
-        if not question.strip() or not chosen.strip() or not rejected.strip():
-            divert("empty_text", "the question, chosen or rejected answer is empty")
-            continue
-        if chosen.strip() == rejected.strip():
-            divert("equal_answers", "the correction equals the original answer: nothing to learn")
-            continue
         try:
-            data = row["image"] or (load_image_bytes(row["image_uri"]) if row["image_uri"] else None)
-            image = decode_image(data, validate.max_image_bytes, validate.max_image_pixels)
-        except ImageRejected as exc:
-            divert(exc.reason, exc.detail)
-            continue
-        except OSError as exc:
-            divert("missing_image", str(exc))
+            data, image = checked_row(row, ("question", "chosen", "rejected"), validate)
+            if chosen.strip() == rejected.strip():
+                raise RowDiverted("equal_answers", "the correction equals the original answer: nothing to learn")
+        except RowDiverted as exc:
+            rejects.append({"instruction_id": instruction_id, "iteration": iteration, "stage": "corrections",
+                            "reason": exc.reason, "detail": exc.detail, "answer_index": -1, "prompt": question})
             continue
         kept.append(pair_record(question, data, chosen, rejected, pair_id=pair_id(iteration, instruction_id, 0, 1),
                                 instruction_id=instruction_id, iteration=iteration, chosen_score=0,

@@ -25,12 +25,17 @@ def summed_logps(token_logps: torch.Tensor, response_mask: torch.Tensor) -> torc
     return (token_logps * response_mask.to(token_logps.dtype)).sum(dim=-1)
 
 
+def response_nll(token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+    """SFT's loss (jobs/sft.py): minus the mean log-prob over every response token of the batch;
+    prompt and padding tokens are masked out."""
+    mask = response_mask.to(token_logps.dtype)
+    return -summed_logps(token_logps, mask).sum() / mask.sum().clamp(min=1.0)
+
+
 def chosen_nll(token_logps: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """The SFT term (train.sft_weight): minus the mean log-prob over every response token of
-    the batch's chosen sequences (the first half of the 2B rows), as TRL's "sft" loss type."""
-    chosen_logps, _ = token_logps.chunk(2)
-    chosen_mask, _ = response_mask.to(token_logps.dtype).chunk(2)
-    return -summed_logps(chosen_logps, chosen_mask).sum() / chosen_mask.sum().clamp(min=1.0)
+    """The SFT term of preference training (train.sft_weight): response_nll of the batch's chosen
+    sequences (the first half of the 2B rows), as TRL's "sft" loss type."""
+    return response_nll(token_logps.chunk(2)[0], response_mask.chunk(2)[0])
 
 
 def ddpo_weighted_logps(

@@ -1,4 +1,6 @@
-"""DPO / DDPO on pair shards: Ray Train's TorchTrainer runs a DeepSpeed loop on each worker.
+"""DPO / DDPO on pair shards, and SFT on (image, question, answer) rows: Ray Train's
+TorchTrainer runs one DeepSpeed loop on each worker; what it optimises is an objective of
+train/objectives.py.
 
 Only the policy is in memory: DPO's reference log-probs come precomputed in the shards. For
 DDPO the reference's *weighted* log-probs depend on gamma and the token diff, which the
@@ -45,14 +47,14 @@ from engine.progress import format_seconds
 from engine.ray_runtime import init_ray
 from engine.storage import absolute, exists, filesystem, join, read_json, write_json_atomic
 from engine.tiny_models import resolve_model_path
-from train.data import BatchPlan, PairBatch, collate_pairs, read_pair_dataset, rows_of
+from train.data import BatchPlan, read_pair_dataset, rows_of
 from train.export import export_model, is_local
-from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, shifted_token_logps, summed_logps
+from train.objectives import OBJECTIVES
 
 CHECKPOINT_RUN = "ds_checkpoint"
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
-DATASET_KEY = "pairs"
+DATASET_KEY = "rows"
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,23 @@ def train_dpo(
     iteration only tags the exported training metrics (engine.metrics).
     Ray must be initialised by the caller, or a local Ray is started with cfg.ray's caps.
     """
+    return _fit(cfg, "preference", lambda: read_pair_dataset(pairs_dir), init_model, out_dir, resume, max_steps,
+                iteration)
+
+
+def train_sft(cfg: Config, examples, init_model: str, out_dir: str, resume: bool = True,
+              max_steps: int | None = None) -> TrainResult:
+    """Supervised fine-tuning of `init_model` on `examples` (train.sft_data.read_sft_examples'
+    rows, a pyarrow Table) with cfg.train's optimisation and cfg.sft's augmentations; resume and
+    max_steps as in train_dpo."""
+    import ray.data
+
+    return _fit(cfg, "sft", lambda: ray.data.from_arrow(examples), init_model, out_dir, resume, max_steps, 0)
+
+
+def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, resume: bool,
+         max_steps: int | None, iteration: int) -> TrainResult:
+    """Run (or resume) the objective's training; `dataset` builds the Ray Dataset of its rows."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = absolute(out_dir)
@@ -110,7 +129,7 @@ def train_dpo(
     if Path(init_model).is_dir():  # a local directory, not a hub id or tiny: name
         init_model = absolute(init_model)
     init_ray(cfg.ray)
-    dataset = read_pair_dataset(pairs_dir)
+    dataset = dataset()
     storage_path, storage_fs = _ray_storage(out_dir)
     resources = {"CPU": train_cfg.cpus_per_worker}
     if train_cfg.use_gpu:
@@ -119,6 +138,8 @@ def train_dpo(
         _train_worker,
         train_loop_config={
             "train": train_cfg,  # a msgspec Struct: it pickles as it is
+            "sft": cfg.sft,
+            "objective": objective,
             "seed": cfg.run.seed,
             "init_model": init_model,
             "cache_dir": absolute(cfg.models.cache_dir),
@@ -140,7 +161,7 @@ def train_dpo(
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
         datasets={DATASET_KEY: dataset},
-        # Every worker gets all pairs and takes its part of each global batch (BatchPlan):
+        # Every worker gets all rows and takes its part of each global batch (BatchPlan):
         # Ray's streaming split hands out blocks as workers ask, which is not reproducible.
         dataset_config=DataConfig(datasets_to_split=[]),
     )
@@ -183,7 +204,8 @@ def _train_worker(spec: dict) -> dict:
     np.random.seed(seed)
     torch.manual_seed(seed)
 
-    rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY))
+    objective_class = OBJECTIVES[spec["objective"]]
+    rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY), objective_class.id_column)
     plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
                      train_cfg.epochs, seed)
     # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
@@ -194,15 +216,14 @@ def _train_worker(spec: dict) -> dict:
                                   bf16=train_cfg.precision == "bf16" and device.type == "cuda",
                                   multimodal=chat.is_multimodal(processor))
     float_dtype = torch.bfloat16 if ds_engine.bfloat16_enabled() else torch.float32
-    step_inputs = _StepInputs(train_cfg, processor, rows, device, float_dtype)
-    if train_cfg.loss == "ddpo":
-        step_inputs.ref_logps = _reference_weighted_logps(ds_engine, step_inputs, plan, rank, world)
+    objective = objective_class(train_cfg, spec["sft"], processor, rows, device, float_dtype, seed)
+    objective.prepare(ds_engine, plan, rank, world)
 
     start, history = _restore(ds_engine, plan)
     stop = min(plan.total_steps, spec["max_steps"] or plan.total_steps)
     for step in range(start, stop):
         started = time.perf_counter()
-        metrics = _optimizer_step(ds_engine, step_inputs, plan.micro_batches(step, rank))
+        metrics = _optimizer_step(ds_engine, objective, step, plan.micro_batches(step, rank))
         metrics.update(step=step + 1, epoch=(step + 1) / plan.steps_per_epoch,
                        step_seconds=time.perf_counter() - started)
         history.append(metrics)
@@ -213,8 +234,8 @@ def _train_worker(spec: dict) -> dict:
             # print to the real stdout is passed through once.
             eta = format_seconds((plan.total_steps - step - 1) * metrics["step_seconds"])
             print(f"train step {step + 1}/{plan.total_steps}  loss {metrics['loss']:.4f}  "
-                  f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:.4f}  "
-                  f"{metrics['step_seconds']:.1f} s/step  ETA {eta}", file=sys.__stdout__, flush=True)
+                  f"{objective.progress(metrics)}  {metrics['step_seconds']:.1f} s/step  ETA {eta}",
+                  file=sys.__stdout__, flush=True)
         last = step + 1 == stop
         if last or (train_cfg.checkpoint_every_steps and (step + 1) % train_cfg.checkpoint_every_steps == 0):
             _save(ds_engine, step + 1, history, plan, metrics)
@@ -232,64 +253,15 @@ def _train_worker(spec: dict) -> dict:
     }
 
 
-class _StepInputs:
-    """What a worker needs to turn plan indices into a loss: rows, processor, settings."""
-
-    def __init__(self, train_cfg: TrainConfig, processor, rows: list[dict], device, float_dtype) -> None:
-        self.train_cfg, self.processor, self.rows = train_cfg, processor, rows
-        self.device, self.float_dtype = device, float_dtype
-        # DDPO: pair_id -> (reference weighted logp of chosen, of rejected); DPO uses the shards'.
-        self.ref_logps: dict[str, tuple[float, float]] | None = None
-
-    def batch(self, indices: list[int]) -> PairBatch:
-        ddpo_mask = self.train_cfg.ddpo_mask if self.train_cfg.loss == "ddpo" else None
-        batch = collate_pairs([self.rows[i] for i in indices], self.processor, self.train_cfg.max_length, ddpo_mask)
-        if self.ref_logps is not None:
-            refs = torch.tensor([self.ref_logps[pair_id] for pair_id in batch.pair_ids], dtype=torch.float32)
-            batch.ref_chosen_logps, batch.ref_rejected_logps = refs[:, 0], refs[:, 1]
-        return batch.to(self.device, self.float_dtype)
-
-
-def _token_logps(ds_engine, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of the 2B sequences and the response mask aligned with them."""
-    logits = ds_engine(**batch.model_inputs, use_cache=False).logits
-    return shifted_token_logps(logits, batch.model_inputs["input_ids"]), batch.response_mask[:, 1:]
-
-
-def _sequence_logps(token_logps, response, batch, train_cfg: TrainConfig) -> torch.Tensor:
-    """log pi(y|x) of the 2B sequences: summed (DPO) or DDPO's weighted sum or average."""
-    if train_cfg.loss == "ddpo":
-        return ddpo_weighted_logps(token_logps, response, batch.changed_mask[:, 1:], train_cfg.gamma,
-                                   normalise=train_cfg.ddpo_normalise)
-    return summed_logps(token_logps, response)
-
-
-def _policy_logps(ds_engine, batch, train_cfg: TrainConfig) -> torch.Tensor:
-    return _sequence_logps(*_token_logps(ds_engine, batch), batch, train_cfg)
-
-
-def _batch_loss(ds_engine, batch, train_cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One micro-batch's loss and metrics: DPO (or DDPO), plus train_cfg.sft_weight times the
-    chosen answers' NLL when it is set."""
-    token_logps, response = _token_logps(ds_engine, batch)
-    chosen, rejected = _sequence_logps(token_logps, response, batch, train_cfg).chunk(2)
-    loss, metrics = dpo_loss(chosen, rejected, batch.ref_chosen_logps, batch.ref_rejected_logps, train_cfg.beta)
-    if train_cfg.sft_weight:
-        nll = chosen_nll(token_logps, response)
-        loss = loss + train_cfg.sft_weight * nll
-        metrics["nll_loss"] = nll.detach()
-    return loss, metrics
-
-
-def _optimizer_step(ds_engine, inputs: _StepInputs, micro_batches: list[list[int]]) -> dict:
+def _optimizer_step(ds_engine, objective, step: int, micro_batches: list[list[int]]) -> dict:
     """Forward/backward every micro-batch of one optimizer step (DeepSpeed steps the
     optimizer on the last); returns the metrics averaged over the whole global batch."""
     learning_rate = ds_engine.get_lr()[0]  # this step's; the scheduler advances inside ds_engine.step()
     names = None
     sums = None
     for indices in micro_batches:
-        batch = inputs.batch(indices)
-        loss, metrics = _batch_loss(ds_engine, batch, inputs.train_cfg)
+        batch = objective.batch(indices, step)
+        loss, metrics = objective.loss(ds_engine, batch)
         ds_engine.backward(loss)
         ds_engine.step()
         rows = len(indices)
@@ -298,7 +270,7 @@ def _optimizer_step(ds_engine, inputs: _StepInputs, micro_batches: list[list[int
         counts = torch.tensor([rows, batch.n_truncated], dtype=torch.float64)
         micro_sums = torch.cat([values, counts])
         sums = micro_sums if sums is None else sums + micro_sums
-    sums = sums.to(inputs.device)
+    sums = sums.to(objective.device)
     dist.all_reduce(sums)  # every worker's micro-batches: the global batch
     sums = sums.cpu().tolist()
     n_rows, n_truncated = sums[-2], sums[-1]
@@ -309,26 +281,6 @@ def _optimizer_step(ds_engine, inputs: _StepInputs, micro_batches: list[list[int
     if grad_norm is not None:
         out["grad_norm"] = float(grad_norm)
     return out
-
-
-def _reference_weighted_logps(ds_engine, inputs: _StepInputs, plan, rank: int, world: int) -> dict:
-    """DDPO's reference log-probs of every pair, by the initial policy (no grad). Every rank
-    scores an equal number of micro-batches (ZeRO-3's forward is collective), then all ranks
-    exchange their results."""
-    micro = inputs.train_cfg.micro_batch_size
-    chunks = math.ceil(plan.n_pairs / (world * micro))
-    grid = np.resize(np.arange(plan.n_pairs), chunks * world * micro).reshape(chunks, world, micro)
-    mine: dict[str, tuple[float, float]] = {}
-    ds_engine.eval()
-    with torch.no_grad():
-        for chunk in grid[:, rank]:
-            batch = inputs.batch(chunk.tolist())
-            chosen, rejected = _policy_logps(ds_engine, batch, inputs.train_cfg).chunk(2)
-            mine.update(zip(batch.pair_ids, zip(chosen.tolist(), rejected.tolist())))
-    ds_engine.train()
-    gathered: list[dict] = [{} for _ in range(world)]
-    dist.all_gather_object(gathered, mine)
-    return {pair_id: logps for part in gathered for pair_id, logps in part.items()}
 
 
 def _deepspeed_config(train_cfg: TrainConfig, bf16: bool) -> dict:
