@@ -1,6 +1,7 @@
 """Stages as data: stages take their backends from outside, and the stage list alone decides
 what the pass runs, times, summarises and sizes (a dummy stage shows up everywhere)."""
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def test_a_stage_hands_the_image_bytes_on_unchanged_and_one_that_reads_none_neve
     split = SplitStage(cfg=SplitConfig(), context=CONTEXT, backends={"splitter": FakePolicy})
     seen = []
     split.process = lambda rows: seen.extend(rows)
-    out = split(batch)
+    out = asyncio.run(split(batch))  # the async entry Ray Data calls
     assert "image" not in seen[0] and out.schema == batch.schema and out["image"].to_pylist() == [image]
 
 
