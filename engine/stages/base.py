@@ -1,9 +1,10 @@
 """What every model stage shares: the run context, the stage spec the pipeline maps over, and
 the ModelStage base (backends loaded once per actor, flight-row conversion, per-stage timing
-and metrics). A subclass implements `process(live_rows)` only."""
+and metrics, batches in flight). A subclass implements `process(live_rows)` only."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
@@ -54,13 +55,21 @@ class StageSpec:
 
 class ModelStage:
     """A callable class for `Dataset.map_batches(..., batch_format="pyarrow")`, built with
-    `stage_class(cfg=<its config section>, context=RunContext, backends={role: LoadBackend})`."""
+    `stage_class(cfg=<its config section>, context=RunContext, backends={role: LoadBackend},
+    batches_in_flight=n)`.
+
+    Ray Data calls the async `__call__`, which runs `run_batch` on a worker thread, at most
+    `batches_in_flight` batches at once (engine.backends.batches_in_flight: more than one only
+    for backends whose concurrent calls share one engine, so the next batch's requests start
+    while the previous batch's last answers decode; the actor's Ray max_concurrency must allow
+    as many, engine.pipeline.actor_pool). `run_batch` is the same work, synchronous."""
 
     name: ClassVar[str] = ""
     # Whether process() reads the rows' image bytes; a stage that does not never converts them.
     reads_images: ClassVar[bool] = True
 
-    def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend]):
+    def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend],
+                 batches_in_flight: int = 1):
         self.cfg = cfg
         self.context = context
         # Loaded here, in the actor, once: never at import time. Equal loaders load one model.
@@ -71,6 +80,7 @@ class ModelStage:
                 loaded[load] = load()
             self.backends[role] = loaded[load]
         self.metrics = StageMetrics(self.name, context.run_name, context.iteration)
+        self._in_flight = asyncio.Semaphore(batches_in_flight)
 
     @classmethod
     def check_config(cls, cfg: Any) -> None:
@@ -83,7 +93,11 @@ class ModelStage:
         (backend,) = self.backends.values()
         return backend
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
+        async with self._in_flight:
+            return await asyncio.to_thread(self.run_batch, batch)
+
+    def run_batch(self, batch: pa.Table) -> pa.Table:
         rows = to_rows(batch, images=self.reads_images)
         live = [row for row in rows if is_live(row)]
         self.metrics.add(rows_in=len(live))
