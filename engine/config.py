@@ -488,6 +488,15 @@ def config_to_dict(config: Config) -> dict:
     return msgspec.to_builtins(config)
 
 
+def with_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
+    """`config` with `--set`-style overrides applied (a variant of a loaded config)."""
+    data = config_to_dict(config)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, text)
+    return config_from_dict(data, "<config> with --set " + " ".join(overrides))
+
+
 def config_to_toml(config: Config) -> str:
     """A complete TOML rendering (every field), e.g. for `rlaifv config show`."""
     return _toml_tables(config_to_dict(config), [])

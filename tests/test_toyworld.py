@@ -202,3 +202,17 @@ def test_the_plot_has_fixed_zero_based_axes_and_the_setup_in_its_title(tmp_path)
     assert "lower is better" in shown["CHAIR_s (responses with a hallucination)"].get_title()
     assert "held-out: 200 scenes" in fig._suptitle.get_text()
     assert plot_metrics(per_seed, tmp_path / "plot.png", "t").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_experiments_run_every_arm_and_a_rerun_reuses_them(ray_local, tmp_path, model_cache):
+    from toyworld.experiments import ARMS, format_markdown, run_experiments, summary_rows
+
+    cfg = toyworld_config(tmp_path, model_cache, "train.epochs=1", "eval.limit=4")
+    results = run_experiments(cfg, [0], "abcd", n_examples=8, echo=lambda _: None)
+    assert list(results) == ["toy policy", *(title for _, title, _, _ in ARMS)]
+    assert all(0 <= per_seed[0]["chair_s"] <= 1 for per_seed in results.values())
+    lines: list[str] = []
+    again = run_experiments(cfg, [0], "abcd", n_examples=8, echo=lines.append)
+    assert again == results and not [line for line in lines if "evaluating" in line or "generation" in line]
+    assert "± 0.000" in format_markdown(summary_rows(results))
