@@ -22,7 +22,7 @@ import pytest
 from fixtures_models import QUESTIONS, noise_image
 
 from engine import families
-from engine.backends.base import Prompt, SamplingParams
+from engine.backends.base import ImageQuestions, Prompt, SamplingParams
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
 
@@ -44,10 +44,22 @@ JSON_SCHEMA = {
 VLLM_TIMEOUT_S = 420
 
 
+def _score_items() -> list[ImageQuestions]:
+    """Rows of one score batch: other images (two sizes), other question counts, one asking nothing."""
+    return [ImageQuestions(noise_image(3), QUESTIONS), ImageQuestions(noise_image(8), []),
+            ImageQuestions(noise_image(9, size=(96, 64)), QUESTIONS[1:4]), ImageQuestions(noise_image(10), QUESTIONS[:1])]
+
+
 def _logprob_items(multimodal: bool) -> tuple[list[Prompt], list[str]]:
     items = [Prompt(noise_image(seed) if seed is not None and multimodal else None, prompt)
              for seed, prompt, _ in LOGPROB_ROWS]
     return items, [response for _, _, response in LOGPROB_ROWS]
+
+
+def _score_alone(backend, item: ImageQuestions) -> list[tuple[float, float]]:
+    """One row in its own call on an empty prefix cache, as each row was scored before batching."""
+    backend.llm.reset_prefix_cache()
+    return backend.score_yes_no([item])[0]
 
 
 def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
@@ -63,7 +75,8 @@ def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
     try:
         item = Prompt(noise_image(7) if multimodal else None, "Describe the image in detail.")
         results = {
-            "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS) if multimodal else [],
+            "yes_no": backend.score_yes_no(_score_items()) if multimodal else [],
+            "yes_no_alone": [_score_alone(backend, item) for item in _score_items()] if multimodal else [],
             "logprobs": backend.logprobs(*_logprob_items(multimodal)),
             "sample": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS], SAMPLE_PARAMS)[0]],
             "sample_again": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS[:1]], SAMPLE_PARAMS)[0]],
@@ -122,9 +135,19 @@ def vllm_results(family, family_dir, tmp_path_factory):
 def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_backend, family):
     if not families.FAMILIES[family].multimodal:
         pytest.skip("a text-only family scores no image")
-    hf = hf_backend.score_yes_no(noise_image(3), QUESTIONS)
-    for (v_yes, v_no), (h_yes, h_no) in zip(vllm_results["yes_no"], hf, strict=True):
-        assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
+    hf = hf_backend.score_yes_no(_score_items())
+    for v_row, h_row in zip(vllm_results["yes_no"], hf, strict=True):
+        for (v_yes, v_no), (h_yes, h_no) in zip(v_row, h_row, strict=True):
+            assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
+
+
+@pytest.mark.vllm
+def test_vllm_scores_a_batch_of_rows_as_each_row_alone(vllm_results, family):
+    if not families.FAMILIES[family].multimodal:
+        pytest.skip("a text-only family scores no image")
+    batched = vllm_results["yes_no"]
+    assert [len(row) for row in batched] == [len(item.questions) for item in _score_items()]
+    assert batched == vllm_results["yes_no_alone"]  # float ==: bit for bit
 
 
 @pytest.mark.vllm
