@@ -1,7 +1,7 @@
 """Every tiny family (engine.families) builds offline and reproducibly, reloads with the Auto
 classes, renders its real chat format, and runs on the hf backend as the backend promises:
-prefix reuse equal to one forward per question, log-probs equal to a forward per row, claim
-JSON that parses as the schema, greedy
+prefix reuse equal to one forward per question (a batch of rows bitwise equal to each row
+alone), log-probs equal to a forward per row, claim JSON that parses as the schema, greedy
 answers equal to transformers' own generate (which numbers cached positions its own way, so a
 wrong rotary offset, e.g. Qwen2-VL's, shows). vLLM agreement: tests/test_backend_vllm.py."""
 
@@ -16,7 +16,7 @@ from test_backend_hf import CLAIM_SCHEMA, _matches_claim_schema
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from engine import chat, families
-from engine.backends.base import Prompt, SamplingParams
+from engine.backends.base import ImageQuestions, Prompt, SamplingParams
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
@@ -95,11 +95,17 @@ def test_renders_the_real_chat_format(name, hf_backends):
 @pytest.mark.parametrize("name", MULTIMODAL)
 def test_prefix_reuse_equals_one_forward_per_question(name, hf_backends):
     backend = hf_backends(name)
-    for image in (noise_image(4), noise_image(5, size=(96, 64))):  # two sizes: other image token counts
-        shared = backend.score_yes_no(image, QUESTIONS)
-        full = backend.score_yes_no_per_question(image, QUESTIONS)
+    # two sizes (other image token counts) in one call, with a row asking nothing between them
+    items = [ImageQuestions(noise_image(4), QUESTIONS), ImageQuestions(noise_image(6), []),
+             ImageQuestions(noise_image(5, size=(96, 64)), QUESTIONS[1:])]
+    batched = backend.score_yes_no(items)
+    assert batched == [backend.score_yes_no([item])[0] for item in items]  # float ==: bit for bit
+    for shared, full in zip(batched, backend.score_yes_no_per_question(items), strict=True):
+        assert len(shared) == len(full)
         assert torch.allclose(torch.tensor(shared), torch.tensor(full), rtol=0, atol=1e-5)
-    assert backend.score_yes_no(noise_image(4), QUESTIONS[:1]) != backend.score_yes_no(noise_image(6), QUESTIONS[:1])
+    one, other = backend.score_yes_no([ImageQuestions(noise_image(4), QUESTIONS[:1]),
+                                       ImageQuestions(noise_image(6), QUESTIONS[:1])])
+    assert one != other
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
