@@ -43,7 +43,8 @@ CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     + MESSAGE_PARTS +
     "{{ message['role'] | capitalize }}"
-    "{%- if parts[0]['type'] == 'image' or message['role'] == 'assistant' -%}{{ ':' }}{%- else -%}{{ ': ' }}{%- endif -%}"
+    "{%- if parts[0]['type'] == 'image' or message['role'] == 'assistant' -%}{{ ':' }}"
+    "{%- else -%}{{ ': ' }}{%- endif -%}"
     "{%- for part in parts -%}"
     "{%- if part['type'] == 'image' -%}{{ '<image>' }}"
     "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
