@@ -30,6 +30,7 @@ RENDERED = {
     "qwen2vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n",
     "llava-next": "<s>USER: <image>\nIs it red? ASSISTANT:",
+    "smolvlm": "<|im_start|>User:<image>Is it red?<end_of_utterance>\nAssistant:",
     "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nIs it red?<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "qwen25": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -39,6 +40,7 @@ RENDERED = {
 STOPS = {
     "qwen2vl": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
     "llava-next": ("</s>", {"</s>"}),
+    "smolvlm": ("<end_of_utterance>", {"<end_of_utterance>", "<|im_end|>"}),
     "llama3": ("<|eot_id|>", {"<|eot_id|>", "<|end_of_text|>"}),
     "qwen25": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
 }
@@ -112,7 +114,7 @@ def test_prefix_reuse_equals_one_forward_per_question(name, hf_backends):
 def test_the_number_of_image_tokens_follows_the_image_size(name, hf_backends):
     processor = hf_backends(name).processor
     lengths = {len(chat.encode_shared_image_prompts(processor, noise_image(0, size), ["Is it red?"])[1][0])
-               for size in ((32, 32), (96, 40), (64, 64))}
+               for size in ((32, 32), (96, 40), (40, 120))}  # sizes and aspect ratios: SmolVLM's follow only the latter
     assert len(lengths) == 3
 
 
