@@ -20,6 +20,7 @@ import numpy as np
 from bench.baselines import full_prefill_yes_no, prefix_flop_limit
 from bench.inputs import claim_questions, noise_images
 from bench.timing import best_seconds
+from engine.backends.base import ImageQuestions
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
@@ -40,10 +41,11 @@ def main(model, cache_dir, device, dtype, n_images, n_questions, batch_size, bas
     backend = HFBackend(resolve_model_path(model, cache_dir), ModelConfig(path=model, dtype=dtype, batch_size=batch_size),
                         device=device)
     pictures, asked = noise_images(n_images, image_size), claim_questions(n_questions)
+    items = [ImageQuestions(picture, asked) for picture in pictures]
     methods = {
-        "per_question": lambda: [backend.score_yes_no_per_question(picture, asked) for picture in pictures],
+        "per_question": lambda: backend.score_yes_no_per_question(items),
         "full_prefill": lambda: full_prefill_yes_no(backend, pictures, asked, baseline_batch),
-        "prefix": lambda: [backend.score_yes_no(picture, asked) for picture in pictures],
+        "prefix": lambda: backend.score_yes_no(items),
     }
     results = {name: np.array(fn()) for name, fn in methods.items()}  # warm-up, and the agreement check
     gap = max(float(np.abs(results["prefix"] - results[name]).max()) for name in ("per_question", "full_prefill"))

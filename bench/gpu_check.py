@@ -37,7 +37,7 @@ from bench.baselines import full_prefill_yes_no, generate_n, prefix_flop_limit
 from bench.inputs import claim_questions, noise_images
 from bench.llava_shapes import LLAVA_7B, TINY, LlavaShape, build_model, describe, parameters, write_config
 from bench.timing import best_seconds
-from engine.backends.base import Prompt, SamplingParams
+from engine.backends.base import ImageQuestions, Prompt, SamplingParams
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
 
@@ -79,6 +79,10 @@ class Check:
     def processor(self):
         return AutoProcessor.from_pretrained(self.config_dir)
 
+    def score_items(self) -> list[ImageQuestions]:
+        """Every scored image with all the questions: one score_yes_no call, as a stage makes."""
+        return [ImageQuestions(image, self.questions) for image in self.images[: self.opts["images"]]]
+
     def best(self, fn, deadline: float) -> float:
         """Best of the repeats; the caller has run fn once already (warm-up)."""
         return best_seconds(fn, self.opts["repeats"], self.device, deadline)
@@ -101,11 +105,11 @@ def sampling(check: Check, deadline: float) -> dict:
 
 def scoring(check: Check, deadline: float) -> dict:
     backend, images, questions = check.hf(), check.images[: check.opts["images"]], check.questions
-    batch = check.opts["baseline_batch"]
-    engine = [backend.score_yes_no(image, questions) for image in images]
+    batch, items = check.opts["baseline_batch"], check.score_items()
+    engine = backend.score_yes_no(items)
     baseline = full_prefill_yes_no(backend, images, questions, batch)
     gap = max(abs(a - b) for e, f in zip(engine, baseline) for pe, pf in zip(e, f) for a, b in zip(pe, pf))
-    engine_s = check.best(lambda: [backend.score_yes_no(image, questions) for image in images], deadline)
+    engine_s = check.best(lambda: backend.score_yes_no(items), deadline)
     baseline_s = check.best(lambda: full_prefill_yes_no(backend, images, questions, batch), deadline)
     scored = len(images) * len(questions)
     check.baseline_seconds["scoring"] = baseline_s / scored
@@ -150,15 +154,14 @@ def vllm(check: Check, deadline: float) -> dict:
     with dummy_weights(vllm_module):
         backend = VLLMBackend(check.config_dir, check.model_cfg)
     try:
-        images, questions = check.images[: check.opts["images"]], check.questions
+        items = check.score_items()
         tokens = sum(c.n_tokens for row in backend.sample(check.prompts, check.seeds, check.params) for c in row)
         sample_s = check.best(lambda: backend.sample(check.prompts, check.seeds, check.params), deadline)
-        for image in images:  # warm-up
-            backend.score_yes_no(image, questions)
-        score_s = check.best(lambda: [backend.score_yes_no(image, questions) for image in images], deadline)
+        backend.score_yes_no(items)  # warm-up
+        score_s = check.best(lambda: backend.score_yes_no(items), deadline)
     finally:
         backend.close()
-    scored = len(images) * len(questions)
+    scored = sum(len(item.questions) for item in items)
     out = {"sample_seconds": round(sample_s, 3), "sample_tokens": tokens, "sample_tokens_per_s": round(tokens / sample_s, 1),
            "score_seconds": round(score_s, 3), "score_questions_per_s": round(scored / score_s, 1)}
     if "sampling" in check.baseline_seconds:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from engine.backends.base import Completion, Prompt, SamplingParams
+from engine.backends.base import Completion, ImageQuestions, Prompt, SamplingParams
 from engine.pipeline import STAGES
 from engine.stages.base import StageSpec
 
@@ -42,8 +42,9 @@ class InstantBackend:
             outputs.append(json.dumps({"claims": [{"fact": answer, "question": f"Is it true that {answer[:-1].lower()}?"}]}))
         return outputs
 
-    def score_yes_no(self, image, questions: list[str]) -> list[tuple[float, float]]:
-        return [(0.1, 0.9) if REJECTED_COLOUR in question else (0.9, 0.1) for question in questions]
+    def score_yes_no(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
+        return [[(0.1, 0.9) if REJECTED_COLOUR in question else (0.9, 0.1) for question in item.questions]
+                for item in items]
 
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
         return [(-float(len(response)), len(response.split()) + 1) for response in responses]

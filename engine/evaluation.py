@@ -97,7 +97,7 @@ def model_pass(model_cfg: ModelConfig, cache_dir: str, eval_cfg: EvalConfig, run
     """Load the policy, describe each image and score its probes, free the model.
     `work` rows: id, image (bytes), questions. Returns description, p_yes, p_no per row."""
     from engine.backends import make_backend
-    from engine.backends.base import Prompt, SamplingParams
+    from engine.backends.base import ImageQuestions, Prompt, SamplingParams
     from engine.stages.base import row_image
 
     backend = make_backend(model_cfg, cache_dir)
@@ -106,12 +106,9 @@ def model_pass(model_cfg: ModelConfig, cache_dir: str, eval_cfg: EvalConfig, run
         params = SamplingParams(temperature=eval_cfg.temperature, max_new_tokens=eval_cfg.max_new_tokens)
         seeds = [[derive_seed(run_seed, 0, row["id"], 0, "evaluate")] for row in work]
         answers = backend.sample([Prompt(image=image, text=eval_cfg.prompt) for image in images], seeds, params)
-        results = []
-        for image, row, (answer,) in zip(images, work, answers):
-            scores = backend.score_yes_no(image, row["questions"])
-            results.append({"description": answer.text,
-                            "p_yes": [y for y, _ in scores], "p_no": [n for _, n in scores]})
-        return results
+        scored = backend.score_yes_no([ImageQuestions(image, row["questions"]) for image, row in zip(images, work)])
+        return [{"description": answer.text, "p_yes": [y for y, _ in scores], "p_no": [n for _, n in scores]}
+                for (answer,), scores in zip(answers, scored)]
     finally:
         backend.close()
 

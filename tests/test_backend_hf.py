@@ -17,7 +17,8 @@ from fixtures_models import QUESTIONS, noise_image
 
 from engine import chat
 from engine.backends import make_backend
-from engine.backends.base import Completion, Prompt, SamplingParams, grammar_safe_schema, yes_no_token_ids
+from engine.backends.base import (Completion, ImageQuestions, Prompt, SamplingParams, grammar_safe_schema,
+                                  yes_no_token_ids)
 from engine.backends.hf import HFBackend, draw_tokens, shared_prefix_length
 from engine.config import ModelConfig
 from engine.tiny_models import ModelSizes
@@ -78,8 +79,8 @@ def test_sampling_params_reject_bad_values():
 def test_p_yes_p_no_equal_a_hand_softmax(hf_llava):
     image = noise_image(3)
     yes, no = yes_no_token_ids(hf_llava.tokenizer)
-    scored = hf_llava.score_yes_no(image, QUESTIONS)
-    for question, (p_yes, p_no) in zip(QUESTIONS, scored):
+    (scored,) = hf_llava.score_yes_no([ImageQuestions(image, QUESTIONS)])
+    for question, (p_yes, p_no) in zip(QUESTIONS, scored, strict=True):
         inputs = chat.encode_prompts(hf_llava.processor, [image], [question])
         with torch.no_grad():
             logits = hf_llava.model(**inputs).logits[0, -1].double()
@@ -90,18 +91,30 @@ def test_p_yes_p_no_equal_a_hand_softmax(hf_llava):
 
 
 def test_prefix_reuse_equals_one_forward_per_question(hf_llava):
-    image = noise_image(4)
     # 5 questions in chunks of 2 (batch_size 2): the prefix cache is copied per chunk
-    shared = hf_llava.score_yes_no(image, QUESTIONS)
-    full = hf_llava.score_yes_no_per_question(image, QUESTIONS)
+    items = [ImageQuestions(noise_image(4), QUESTIONS), ImageQuestions(noise_image(4), QUESTIONS[:1])]
+    shared, one = hf_llava.score_yes_no(items)
+    full, full_one = hf_llava.score_yes_no_per_question(items)
+    assert len(shared) == len(QUESTIONS) and full_one == full[:1]
     assert torch.allclose(torch.tensor(shared), torch.tensor(full), rtol=0, atol=1e-5)
-    one = hf_llava.score_yes_no(image, QUESTIONS[:1])
-    assert torch.allclose(torch.tensor(one), torch.tensor(full[:1]), rtol=0, atol=1e-5)
-    assert hf_llava.score_yes_no(image, []) == []
+    assert torch.allclose(torch.tensor(one), torch.tensor(full_one), rtol=0, atol=1e-5)
+
+
+def test_batched_scoring_equals_scoring_each_row_alone(hf_llava):
+    """A stage's whole batch in one call gives every row bitwise what it gets alone; a row
+    without questions gets [] and an empty batch nothing."""
+    items = [ImageQuestions(noise_image(4), QUESTIONS), ImageQuestions(noise_image(5), []),
+             ImageQuestions(noise_image(6), QUESTIONS[:1]), ImageQuestions(noise_image(4), QUESTIONS[2:])]
+    batched = hf_llava.score_yes_no(items)
+    assert batched == [hf_llava.score_yes_no([item])[0] for item in items]  # float ==: bit for bit
+    assert [len(scores) for scores in batched] == [5, 0, 1, 3]
+    assert hf_llava.score_yes_no([]) == []
 
 
 def test_yes_no_depends_on_the_image(hf_llava):
-    assert hf_llava.score_yes_no(noise_image(5), QUESTIONS[:1]) != hf_llava.score_yes_no(noise_image(6), QUESTIONS[:1])
+    first, second = hf_llava.score_yes_no([ImageQuestions(noise_image(5), QUESTIONS[:1]),
+                                           ImageQuestions(noise_image(6), QUESTIONS[:1])])
+    assert first != second
 
 
 # --- sampling -------------------------------------------------------------------------------

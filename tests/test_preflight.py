@@ -11,6 +11,8 @@ import msgspec
 import pytest
 from click.testing import CliRunner
 
+from engine import families
+from engine.backends import WEIGHT_BACKENDS
 from engine.claims import claims_token_estimate
 from engine.config import (Config, EvalConfig, ModelConfig, ModelsConfig, Resources, SampleConfig, SplitConfig,
                            actor_gpus, load_config)
@@ -233,10 +235,17 @@ def test_a_tiny_family_is_refused_where_it_cannot_serve(monkeypatch):
                                           r"labeler reads images"):
         check_config(_smoke("models.labeler.path=tiny:qwen25"))
     check_config(_smoke("models.splitter.path=tiny:qwen2vl"))  # a multimodal model can split text
-    from engine import families
-
     refusing = families.Family("engine.families.qwen2vl:build", multimodal=True, refused={"vllm": "no kernel"})
     monkeypatch.setitem(families.FAMILIES, "qwen2vl", refusing)
     with pytest.raises(ConfigError, match=r"models\.policy: backend = 'vllm' cannot serve 'tiny:qwen2vl': no kernel"):
         check_config(_smoke("models.policy.path=tiny:qwen2vl", "models.policy.backend=vllm"))
     check_config(_smoke("models.policy.path=tiny:qwen2vl"))  # hf serves it
+
+
+@pytest.mark.parametrize("name", sorted(families.FAMILIES))
+def test_a_tiny_family_passes_in_every_role_and_backend_it_serves(name):
+    family = families.FAMILIES[name]
+    roles = ("policy", "labeler", "splitter") if family.multimodal else ("splitter",)
+    for role in roles:
+        for backend in sorted(set(WEIGHT_BACKENDS) - set(family.refused)):
+            check_config(_smoke(f"models.{role}.path=tiny:{name}", f"models.{role}.backend={backend}"))

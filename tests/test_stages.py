@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from fixtures_models import noise_image, noise_png
 
 from engine.backends.base import Completion
-from engine.config import BonConfig, ConfigError, SampleConfig, SplitConfig, load_config
+from engine.config import BonConfig, ConfigError, SampleConfig, ScoreConfig, SplitConfig, load_config
 from engine.flight import to_table
 from engine.pipeline import STAGES, generate_pairs, stage_names
 from engine.schemas import instruction_stats_schema
 from engine.stages.base import ModelStage, RunContext, StageSpec
 from engine.stages.bon import BonStage
 from engine.stages.sample import SampleStage
+from engine.stages.score import ScoreStage
 from engine.stages.split import SplitStage
 from engine.storage import read_parquet_dir
 
@@ -79,6 +81,35 @@ def test_equal_backend_loaders_load_one_model():
     assert len(loads) == 1 and stage.backends["policy"] is stage.backends["reference"]
     (row,) = stage.run_batch(to_table([{"id": "a", "prompt": "Describe."}])).to_pylist()
     assert row["rewards"] == [0.0, 0.0] and row["best_answer"] == 0  # same model: every log-ratio is 0
+
+
+class FakeLabeler:
+    """p_yes = the question's word count / 100, p_no = 0.5; records the items of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def score_yes_no(self, items):
+        self.calls.append(items)
+        return [[(len(q.split()) / 100, 0.5) for q in item.questions] for item in items]
+
+
+def test_scoring_asks_once_per_batch_and_rows_with_nothing_to_ask_keep_their_shape():
+    stage = ScoreStage(cfg=ScoreConfig(question_suffix=" ok?"), context=CONTEXT, backends={"labeler": FakeLabeler})
+    rows = [{"id": "a", "image": noise_png(1), "questions": [["one two", "one"], None, []]},
+            {"id": "b", "image": b"never decoded", "questions": [None, []]},  # asks nothing: no image read
+            {"id": "c", "image": noise_png(2), "questions": [["one two three"], ["a b c d"]]}]
+    stage.process(rows)
+    (items,) = stage.backend.calls
+    assert [item.questions for item in items] == [["one two ok?", "one ok?"], ["one two three ok?", "a b c d ok?"]]
+    assert [item.image.tobytes() for item in items] == [noise_image(1).tobytes(), noise_image(2).tobytes()]
+    assert [(row["p_yes"], row["p_no"]) for row in rows] == [
+        ([[0.03, 0.02], None, []], [[0.5, 0.5], None, []]),
+        ([None, []], [None, []]),
+        ([[0.04], [0.05]], [[0.5], [0.5]]),
+    ]
+    stage.process([{"id": "d", "image": b"never decoded", "questions": [None]}])
+    assert stage.backend.calls[1] == []  # an empty call, which every backend answers with []
 
 
 class CountingStage(ModelStage):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from engine.backends import make_backend
-from engine.backends.base import Completion, Prompt, SamplingParams
+from engine.backends.base import Completion, ImageQuestions, Prompt, SamplingParams
 from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, splitter_prompt
 from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
 from engine.instruction_io import CORRECTIONS, read_rows
@@ -88,7 +88,8 @@ def test_toy_policy_script_is_deterministic_and_loads_in_the_engine(tmp_path):
     image = examples(random.Random(0), 1, 1.0, 1, 0.0)[0].image
     (answers,) = backend.sample([Prompt(image, DESCRIBE)], [[1, 2]], SamplingParams(max_new_tokens=4))
     assert len(answers) == 2
-    ((p_yes, p_no),) = backend.score_yes_no(image, ["Is there a red circle in the image? Please answer yes or no."])
+    (((p_yes, p_no),),) = backend.score_yes_no(
+        [ImageQuestions(image, ["Is there a red circle in the image? Please answer yes or no."])])
     assert 0 < p_yes + p_no <= 1
 
 
@@ -107,9 +108,9 @@ class _RecordingBackend:
         self.calls.append((params.temperature, seeds))
         return [[Completion(f"t{params.temperature} s{s}", 1, s) for s in row] for row in seeds]
 
-    def score_yes_no(self, image, questions):
-        self.calls.append(questions)
-        return [(0.6, 0.4)] * len(questions)
+    def score_yes_no(self, items):
+        self.calls.append([item.questions for item in items])
+        return [[(0.6, 0.4)] * len(item.questions) for item in items]
 
 
 def _stage(stage_class, cfg):
@@ -134,8 +135,8 @@ def test_whole_answer_scoring_asks_one_question_per_answer():
     stage = _stage(ScoreStage, ScoreConfig(divide_and_conquer=False, whole_answer_question="Right? {answer}"))
     row = {"answers": ["A red circle.", "Nothing.", "Cut off"], "questions": [["q1", "q2"], [], None], "image": None}
     stage.process([row])
-    assert stage.backend.calls == [["Right? A red circle. Please answer yes or no.",
-                                    "Right? Nothing. Please answer yes or no."]]
+    assert stage.backend.calls == [[["Right? A red circle. Please answer yes or no.",
+                                     "Right? Nothing. Please answer yes or no."]]]
     assert row["questions"] == [["Right? A red circle."], ["Right? Nothing."], None]
     assert row["p_yes"] == [[0.6], [0.6], None]
 

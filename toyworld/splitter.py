@@ -22,9 +22,7 @@ from __future__ import annotations
 import json
 import re
 
-from PIL import Image
-
-from engine.backends.base import Completion, Prompt, SamplingParams
+from engine.backends.base import Completion, ImageQuestions, Prompt, SamplingParams
 from engine.config import ModelConfig
 from engine.sentences import sentence_spans
 from toyworld.grammar import existence_fact, existence_question, mentioned_objects, outside_grammar
@@ -75,7 +73,7 @@ class SceneGrammarSplitter:
     def sample(self, items: list[Prompt], seeds: list[list[int]], params: SamplingParams) -> list[list[Completion]]:
         raise NotImplementedError("the grammar splitter only splits claims")
 
-    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+    def score_yes_no(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
         raise NotImplementedError("the grammar splitter only splits claims")
 
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:

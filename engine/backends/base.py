@@ -35,6 +35,15 @@ class Prompt:
 
 
 @dataclass(frozen=True)
+class ImageQuestions:
+    """Yes/no questions about one image: what score_yes_no takes per row, so a backend sees the
+    image once and can compute its prefix once for all of the row's questions."""
+
+    image: Image.Image
+    questions: list[str]
+
+
+@dataclass(frozen=True)
 class Completion:
     """One sampled answer. n_tokens counts the generated tokens, the closing eos included
     when the answer ended on it (an answer cut by max_new_tokens has no eos)."""
@@ -66,8 +75,10 @@ class Backend(Protocol):
         cut by max_new_tokens is returned as is (it will not parse; the caller retries)."""
         ...
 
-    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
-        """(p_yes, p_no) of the answer's first token, per question about one image."""
+    def score_yes_no(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
+        """Per item, (p_yes, p_no) of the answer's first token for each of its questions (an
+        item without questions gets []). A stage hands all rows of its batch in one call; an
+        item's result depends on that item alone (vLLM on GPU: up to its kernels' rounding)."""
         ...
 
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:

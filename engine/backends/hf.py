@@ -5,16 +5,18 @@
   its own torch.Generator seeded with seeds[j]. Prompts are never batched with each other,
   so an answer depends only on (model, prompt, its seed, params, n) and no padding enters.
 - generate_json: the same loop with an xgrammar token mask per row (JSON-schema decoding).
-- score_yes_no: the KV cache of the token prefix shared by all questions (chat header and
-  image tokens) is computed once; every question's remaining tokens run as one batch on
-  copies of it. Equal to one full forward per question up to float rounding.
+- score_yes_no: per item (one image and its questions), the KV cache of the token prefix
+  shared by its questions (chat header and image tokens) is computed once; the questions'
+  remaining tokens run in batches of batch_size on copies of it. Equal to one full forward
+  per question up to float rounding. Items run one after another, never padded together.
 - logprobs: teacher forcing with no padding, so an answer's log-prob is bitwise the same
   whichever answers share its call (a resumed pass regroups them): the prompt (image
   included) runs once at batch 1 for consecutive items of the same prompt, then each response
   runs alone on that KV cache. The padded batched forward it replaces moved a log-prob by
   float rounding with its batch-mates.
-- sample and score_yes_no batch only what one instruction owns (its n seeds, its questions),
-  so their results depend on that instruction alone, never on the other rows of a Ray batch.
+- sample and score_yes_no take every row of a stage's batch but batch only what one
+  instruction owns (its n seeds, its questions), so a row's results are bitwise the same
+  whichever rows share its call.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from engine import chat
 from engine.config import ModelConfig
 from engine.backends.base import (
     Completion,
+    ImageQuestions,
     Prompt,
     SamplingParams,
     check_sample_args,
@@ -239,7 +242,11 @@ class HFBackend:
         return list(zip(p_yes.tolist(), p_no.tolist()))
 
     @torch.inference_mode()
-    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+    def score_yes_no(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
+        return [self._score_image(item.image, item.questions) for item in items]
+
+    def _score_image(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+        """One image's questions: its prefix cache once, then the suffixes batch by batch."""
         if not questions:
             return []
         first, token_rows = chat.encode_shared_image_prompts(self.processor, image, questions)
@@ -274,12 +281,15 @@ class HFBackend:
         return self._yes_no(logits[torch.arange(rows, device=logits.device), last])
 
     @torch.inference_mode()
-    def score_yes_no_per_question(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+    def score_yes_no_per_question(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
         """The reference score_yes_no must equal: one full forward per question (tests, bench)."""
         results = []
-        for question in questions:
-            inputs = chat.encode_prompts(self.processor, [image], [question])
-            results += self._yes_no(self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1])
+        for item in items:
+            scores = []
+            for question in item.questions:
+                inputs = chat.encode_prompts(self.processor, [item.image], [question])
+                scores += self._yes_no(self.model(**self._on_device(inputs), logits_to_keep=1).logits[:, -1])
+            results.append(scores)
         return results
 
     @torch.inference_mode()

@@ -7,8 +7,10 @@ vLLM expands it), so both backends feed the model the same ids.
   n and seed s would give child j the seed s + j, not our hash-derived seeds.) The shared
   prompt is computed once by automatic prefix caching.
 - generate_json: vLLM structured outputs with the JSON schema.
-- score_yes_no: a 1-token generation with logprob_token_ids = the yes/no ids; vLLM returns
-  raw (full-vocabulary, pre-temperature) log-probs, the same softmax the hf backend reads.
+- score_yes_no: a 1-token generation with logprob_token_ids = the yes/no ids per question,
+  every question of every item in one generate, so the engine schedules a stage's whole batch
+  at once; automatic prefix caching computes each image's prefix once. vLLM returns raw
+  (full-vocabulary, pre-temperature) log-probs, the same softmax the hf backend reads.
 - logprobs: prompt_logprobs on the whole conversation (max_tokens=1), summing the response
   tokens' entries.
 
@@ -41,6 +43,7 @@ from transformers import AutoProcessor
 from engine import chat
 from engine.backends.base import (
     Completion,
+    ImageQuestions,
     Prompt,
     SamplingParams,
     check_sample_args,
@@ -202,17 +205,19 @@ class VLLMBackend:
         sampling = [self._sampling(params, seed, structured_outputs=constraint) for seed in seeds]
         return [output.outputs[0].text for output in self._generate(requests, sampling)]
 
-    def score_yes_no(self, image: Image.Image, questions: list[str]) -> list[tuple[float, float]]:
+    def score_yes_no(self, items: list[ImageQuestions]) -> list[list[tuple[float, float]]]:
         yes_ids, no_ids = self.yes_no_ids
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=yes_ids + no_ids)
-        outputs = self._generate([self._prompt_request(image, question) for question in questions], [params] * len(questions))
-        results = []
-        for output in outputs:
-            first_token = output.outputs[0].logprobs[0]
-            p_yes = sum(math.exp(first_token[token].logprob) for token in yes_ids)
-            p_no = sum(math.exp(first_token[token].logprob) for token in no_ids)
-            results.append((p_yes, p_no))
-        return results
+        requests = [self._prompt_request(item.image, question) for item in items for question in item.questions]
+        outputs = iter(self._generate(requests, [params] * len(requests)))
+        return [[self._yes_no(next(outputs)) for _ in item.questions] for item in items]
+
+    def _yes_no(self, output: Any) -> tuple[float, float]:
+        """(p_yes, p_no) from the log-probs of the one generated token."""
+        first_token = output.outputs[0].logprobs[0]
+        yes_ids, no_ids = self.yes_no_ids
+        return (sum(math.exp(first_token[token].logprob) for token in yes_ids),
+                sum(math.exp(first_token[token].logprob) for token in no_ids))
 
     def logprobs(self, items: list[Prompt], responses: list[str]) -> list[tuple[float, int]]:
         if len(items) != len(responses):

@@ -28,6 +28,7 @@ FAMILIES: dict[str, Family] = {
     "llm": Family("engine.tiny_models:build_tiny_llm", multimodal=False),
     "qwen2vl": Family("engine.families.qwen2vl:build", multimodal=True),
     "llava-next": Family("engine.families.llava_next:build", multimodal=True),
+    "smolvlm": Family("engine.families.smolvlm:build", multimodal=True),
     "llama3": Family("engine.families.splitters:build_llama3", multimodal=False),
     "qwen25": Family("engine.families.splitters:build_qwen25", multimodal=False),
 }
