@@ -78,3 +78,13 @@ def test_counting_validation_gives_the_same_rows(mixed_batch):
 def test_empty_batch():
     empty = INSTRUCTION_SCHEMA.empty_table()
     assert validate_batch(empty, CFG, CONTEXT).num_rows == 0
+
+
+@pytest.mark.parametrize("placeholder", ["<image>", "<|image_pad|>", "<fake_token_around_image>", "<global-img>"])
+def test_a_prompt_holding_a_family_image_token_is_diverted(placeholder):
+    from engine.flight import to_rows
+
+    table = pa.Table.from_pylist([{"id": "p", "prompt": f"What is {placeholder} here?", "image": png()}],
+                                 schema=INSTRUCTION_SCHEMA)
+    (row,) = to_rows(validate_batch(table, cfg=CFG, context=CONTEXT))
+    assert row["reject_reason"] == "image_placeholder" and placeholder in row["reject_detail"]

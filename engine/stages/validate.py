@@ -26,7 +26,8 @@ from engine.stages.base import RunContext
 STAGE = "validate"
 # Text the processors of the supported families reserve for the image: a prompt holding one
 # would make the processor place (or miscount) image tokens, so such a row is diverted.
-IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|image|>")
+IMAGE_PLACEHOLDERS = ("<image>", "<|image_pad|>", "<|vision_start|>", "<|vision_end|>", "<|image|>",
+                      "<fake_token_around_image>", "<global-img>")
 
 
 def check_row(row: dict, cfg: ValidateConfig) -> None:
