@@ -8,8 +8,8 @@ logical: torch here is a CPU build, so the hf backend runs on CPU on every node,
 pairs must equal those of a local run of the same config without GPU requests.
 
 While the job runs the test samples Ray's state API (alive nodes, alive actors per stage) and
-the Prometheus export (Ray Data's per-operator actor counts on the head, the engine's rows
-counters on every node Prometheus would scrape). cluster/README.md has the timings.
+the Prometheus export of every node Prometheus would scrape (Ray Data's per-operator actor
+counts, the engine's rows counters): the series the dashboard plots. cluster/README.md has the timings.
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ A100_WORKER = {"resources": {"CPU": 1, "GPU": 1, "accelerator_type:A100": 1}, "m
 IDLE_TIMEOUT_MINUTES = 0.5
 DASHBOARD = REPO / "cluster" / "grafana" / "rlaifv-dashboard.json"
 # All 16 smoke instructions, one iteration, a short training, no held-out evaluation; 8
-# answers of up to 48 tokens each, so that sampling lasts longer than a node and an actor
-# take to start here.
+# answers of up to 160 tokens each (a random-weight model nearly always runs to the limit), so
+# that the pools' backlog lasts longer than a new actor takes to start here: with 48 tokens
+# the pass ended before a second actor came up.
 JOB = ["input.limit=16", "run.iterations=1", "eval.enabled=false", "train.epochs=1", "sample.n=8",
-       "sample.max_new_tokens=48"]
+       "sample.max_new_tokens=160"]
 # sample grows from 1 to 3 actors of half a GPU, split from 1 to 2 of a quarter, score and
 # pair keep one of a quarter: 1.25 GPUs (2 nodes) at the minimum, 2.5 (3 nodes) at the
 # maximum. One row per sample batch, so the pool has a backlog to grow on.
@@ -211,10 +212,11 @@ def watch(head, job: subprocess.Popen, started: float, watched: Watch, on_sample
         watched.actors.append(Counter(stage for stage, _, _ in stage_actors(head)))
         if max(watched.actors[-1].values(), default=0) > 1 and watched.seconds_to_pool_growth is None:
             watched.seconds_to_pool_growth = time.monotonic() - started
-        on_head = scrape(head.metrics_port)
-        watched.data_actors.append(by_stage(on_head, ACTORS_PER_POOL, "operator"))
-        watched.data_rows.append(by_stage(on_head, "ray_data_output_rows", "operator"))
+        # Every node Prometheus would scrape: Ray Data's stats actor, which exports its gauges,
+        # may live on any node, and each stage actor exports its own counters.
         everywhere = [s for target in scrape_targets(head) for s in scrape(target)]
+        watched.data_actors.append(by_stage(everywhere, ACTORS_PER_POOL, "operator"))
+        watched.data_rows.append(by_stage(everywhere, "ray_data_output_rows", "operator"))
         watched.rows_out.append(by_stage(everywhere, ROWS_OUT, "stage"))
         if on_sample:
             on_sample(nodes)
