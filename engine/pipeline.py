@@ -85,6 +85,8 @@ def map_stages(ds, stages: Sequence[StageSpec], cfg: Config, context: RunContext
     names to the model it loads. Fails fast when the pools cannot fit a local cluster."""
     resources = {spec.name: stage_resources(spec, cfg, models) for spec in stages}
     check_pools_fit(resources)
+    if stages:
+        ds = in_blocks_of(ds, resources[stages[0].name].batch_size)
     for spec in stages:
         backends = {role: BackendFactory(models[role], context.cache_dir) for role in spec.models}
         in_flight = batches_in_flight(models[role] for role in spec.models)
@@ -95,6 +97,15 @@ def map_stages(ds, stages: Sequence[StageSpec], cfg: Config, context: RunContext
             **actor_pool(resources[spec.name], in_flight),
         )
     return ds
+
+
+def in_blocks_of(ds, rows: int):
+    """ds cut into blocks of at most `rows` rows (streamed, order kept). Ray Data hands a block
+    to one actor whole, and a pool grows only while blocks queue for its actors: read as one
+    block (as a small file is), the input would keep every pool at one busy actor. Blocks of
+    the first pool's batch size give each of its calls its own block; the later pools' blocks
+    are the earlier pools' outputs, so they stay as fine."""
+    return ds.repartition(target_num_rows_per_block=rows)
 
 
 def validated_instructions(cfg: Config, context: RunContext, done_ids: frozenset[str] = frozenset()):

@@ -2,7 +2,10 @@
 what the pass runs, times, summarises and sizes (a dummy stage shows up everywhere)."""
 
 import asyncio
+import os
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
@@ -12,7 +15,7 @@ from fixtures_models import noise_image, noise_png
 from engine.backends.base import Completion
 from engine.config import BonConfig, ConfigError, SampleConfig, ScoreConfig, SplitConfig, load_config
 from engine.flight import to_table
-from engine.pipeline import STAGES, generate_pairs, stage_names
+from engine.pipeline import STAGES, generate_pairs, map_stages, run_context, stage_names, validated_instructions
 from engine.schemas import instruction_stats_schema
 from engine.stages.base import ModelStage, RunContext, StageSpec
 from engine.stages.bon import BonStage
@@ -202,3 +205,40 @@ def test_out_of_memory_stays_fatal():
     stage = SampleStage(cfg=SampleConfig(n=2), context=CONTEXT, backends={"policy": ExhaustedPolicy})
     with pytest.raises(MemoryError):
         stage.run_batch(to_table([{"id": "a", "prompt": "Describe."}]))
+
+
+class PidStage(ModelStage):
+    """A model-free stage that notes, in a file per call, which actor process made the call and
+    how many rows it had."""
+
+    name = "sample"
+    reads_images = False
+    seen_dir = ""  # set on a subclass per test
+
+    def process(self, rows):
+        time.sleep(0.2)  # long enough that the next block finds this actor busy
+        (Path(self.seen_dir) / f"{os.getpid()}-{uuid.uuid4().hex}").write_text(str(len(rows)))
+
+
+def test_a_one_file_input_feeds_every_actor_of_the_first_pool(ray_local, tmp_path):
+    """The shipped instructions are one file, read as one block of 16 rows; Ray Data gives a
+    block to one actor whole, so the pipeline cuts it into blocks of the pool's batch size,
+    and both actors of a pool of two get calls."""
+    from ray.data import DataContext
+
+    ray_local.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cfg = _config("input.limit=16", "sample.resources.min_actors=2", "sample.resources.max_actors=2",
+                  "sample.resources.batch_size=2")
+    stage = type("SeenStage", (PidStage,), {"seen_dir": str(tmp_path)})
+    context = run_context(cfg, 0)
+    data_context = DataContext.get_current()
+    waited, data_context.wait_for_min_actors_s = data_context.wait_for_min_actors_s, 120  # both actors up first
+    try:
+        ds = map_stages(validated_instructions(cfg, context), [StageSpec("sample", stage, (), "sample")], cfg,
+                        context, {})
+        rows = ds.take_all()
+    finally:
+        data_context.wait_for_min_actors_s = waited
+    calls = [(path.name.split("-")[0], int(path.read_text())) for path in tmp_path.iterdir()]
+    assert len(rows) == 16 and sorted(n for _, n in calls) == [2] * 8
+    assert len({pid for pid, _ in calls}) == 2, calls
