@@ -34,6 +34,26 @@ set_option = click.option(
 )
 
 
+
+def training_options(command):
+    """--fresh and --max-steps, shared by the training jobs (train, sft)."""
+    command = click.option("--max-steps", type=click.IntRange(min=1), default=None,
+                           help="Stop after this many optimizer steps in total, keeping a checkpoint; run again "
+                                "to continue.")(command)
+    return click.option("--fresh", is_flag=True,
+                        help="Delete the checkpoints and model under --out and start over (default: resume).")(command)
+
+
+def echo_training(result, out_dir: str, finished: str) -> None:
+    """A training job's per-step metrics, then where it stopped or the `finished` line."""
+    for metrics in result.history:
+        click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))
+    if result.model_dir is None:
+        click.echo(f"stopped at step {result.steps}; run again to continue from the checkpoint in {out_dir}")
+    else:
+        click.echo(finished)
+
+
 class OneLineError(click.ClickException):
     """Shown as the single line `error: <message>` on stderr; the command exits with status 1."""
 

@@ -11,7 +11,7 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import Job, column_map, config_option, set_option
+from engine.cli import Job, column_map, config_option, echo_training, set_option, training_options
 from engine.config import load_config
 from engine.preflight import policy_at, preflight
 from engine.schemas import SFT_SCHEMA
@@ -34,10 +34,7 @@ SFT_ROLES = tuple(name for name in SFT_SCHEMA.names if name != "read_error")
 @click.option("--out", "out_dir", default=None,
               help="Output dir or fsspec URL: ds_checkpoint/, model/ (the fine-tuned model) and, written last, "
                    "train_result.json (default: <run.output_dir>/<run.name>/sft).")
-@click.option("--fresh", is_flag=True,
-              help="Delete the checkpoints and model under --out and start over (default: resume).")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after this many optimizer steps in total, keeping a checkpoint; run again to continue.")
+@training_options
 def main(config_path, overrides, data, columns, init_model, out_dir, fresh, max_steps):
     """Fine-tune with the mean NLL of the answer tokens only (the prompt and image tokens are
     context), optimised with the [train] section (learning rate, epochs, batch sizes, ZeRO stage,
@@ -61,12 +58,8 @@ def main(config_path, overrides, data, columns, init_model, out_dir, fresh, max_
     if not examples.num_rows:
         raise PreflightError(f"no usable example in {data}: see {join(out_dir, 'rejects')}")
     result = train_sft(cfg, examples, init_model, out_dir, resume=not fresh, max_steps=max_steps)
-    for metrics in result.history:
-        click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))
-    if result.model_dir is None:
-        click.echo(f"stopped at step {result.steps}; run again to continue from the checkpoint in {out_dir}")
-    else:
-        click.echo(f"trained {result.steps} steps on {examples.num_rows} examples; model written to {result.model_dir}")
+    echo_training(result, out_dir,
+                  f"trained {result.steps} steps on {examples.num_rows} examples; model written to {result.model_dir}")
 
 
 if __name__ == "__main__":

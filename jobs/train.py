@@ -10,7 +10,7 @@ if __package__ in (None, ""):
 
 import click
 
-from engine.cli import Job, column_map, config_option, set_option
+from engine.cli import Job, column_map, config_option, echo_training, set_option, training_options
 from engine.config import load_config
 from engine.preflight import policy_at, preflight
 from engine.schemas import CORRECTION_SCHEMA
@@ -36,10 +36,7 @@ CORRECTION_ROLES = tuple(name for name in CORRECTION_SCHEMA.names if name != "re
 @click.option("--out", "out_dir", default=None,
               help="Output dir or fsspec URL: ds_checkpoint/, model/ (the trained model) and, written last "
                    "once training is complete, train_result.json (default: <run.output_dir>/<run.name>/train).")
-@click.option("--fresh", is_flag=True,
-              help="Delete the checkpoints and model under --out and start over (default: resume).")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None,
-              help="Stop after this many optimizer steps in total, keeping a checkpoint; run again to continue.")
+@training_options
 def main(config_path, overrides, pairs_dir, corrections, columns, init_model, out_dir, fresh, max_steps):
     """Train with the [train] section of the config (loss dpo or ddpo, beta, gamma, learning rate,
     ZeRO stage, workers, ...) and print the per-step metrics. For DDPO, --set train.preset=
@@ -62,12 +59,7 @@ def main(config_path, overrides, pairs_dir, corrections, columns, init_model, ou
     if corrections is not None:
         pairs_dir = _corrections_to_pairs(cfg, corrections, column_map(columns, CORRECTION_ROLES), init_model, out_dir)
     result = train_dpo(cfg, pairs_dir, init_model, out_dir, resume=not fresh, max_steps=max_steps)
-    for metrics in result.history:
-        click.echo("  ".join(f"{key}={value:.4g}" for key, value in metrics.items()))
-    if result.model_dir is None:
-        click.echo(f"stopped at step {result.steps}; run again to continue from the checkpoint in {out_dir}")
-    else:
-        click.echo(f"trained {result.steps} steps; model written to {result.model_dir}")
+    echo_training(result, out_dir, f"trained {result.steps} steps; model written to {result.model_dir}")
 
 
 def _corrections_to_pairs(cfg, url: str, columns: dict[str, str], init_model: str, out_dir: str) -> str:
