@@ -392,6 +392,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> None:
+    for text in overrides:
+        keys, value = parse_override(text)
+        _apply_override(data, keys, value, text)
+
+
 def _apply_override(data: dict, keys: list[str], value: Any, text: str) -> None:
     node = data
     for key in keys[:-1]:
@@ -476,9 +482,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"config file {source} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply_override(data, keys, value, text)
+    _apply_overrides(data, overrides)
     if overrides:
         source += " with --set " + " ".join(overrides)
     return config_from_dict(data, source)
@@ -491,9 +495,7 @@ def config_to_dict(config: Config) -> dict:
 def with_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Config:
     """`config` with `--set`-style overrides applied (a variant of a loaded config)."""
     data = config_to_dict(config)
-    for text in overrides:
-        keys, value = parse_override(text)
-        _apply_override(data, keys, value, text)
+    _apply_overrides(data, overrides)
     return config_from_dict(data, "<config> with --set " + " ".join(overrides))
 
 

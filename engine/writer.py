@@ -74,10 +74,10 @@ def claim_rows(rows: list[dict], iteration: int) -> pa.Table:
     """Every scored answer of `rows` with its claims (none from a pass without a score stage)."""
     out = []
     for row in rows:
+        quotes = row.get("quotes") or [None] * len(row["answers"])
         for j, p_yes in enumerate(row.get("p_yes") or []):
             if p_yes is None:  # not scored: its claims could not be parsed (see rejects/)
                 continue
-            quotes = row.get("quotes") or [None] * len(row["answers"])
             out.append({"instruction_id": row["id"], "iteration": iteration, "answer_index": j,
                         "prompt": row["prompt"], "answer": row["answers"][j], "answer_seed": row["answer_seeds"][j],
                         "facts": row["facts"][j], "questions": row["questions"][j], "quotes": quotes[j],

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import grpc
-import psutil
 import pytest
 
 from engine.errors import ConfigError

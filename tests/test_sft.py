@@ -3,7 +3,6 @@ the answer-only NLL against transformers' own loss, and a training run whose los
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 from pathlib import Path

@@ -157,13 +157,17 @@ class PairBatch:
     n_truncated: int  # sequences whose response end was cut to fit max_length
 
     def to(self, device: torch.device, float_dtype: torch.dtype) -> PairBatch:
-        """On `device`; floating model inputs (pixel values) in the model's dtype."""
-        inputs = {key: value.to(device, float_dtype) if value.is_floating_point() else value.to(device)
-                  for key, value in self.model_inputs.items()}
-        return PairBatch(inputs, self.response_mask.to(device),
+        return PairBatch(inputs_on(self.model_inputs, device, float_dtype), self.response_mask.to(device),
                          None if self.changed_mask is None else self.changed_mask.to(device),
                          self.ref_chosen_logps.to(device), self.ref_rejected_logps.to(device),
                          self.pair_ids, self.n_truncated)
+
+
+def inputs_on(model_inputs: dict[str, torch.Tensor], device: torch.device,
+              float_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Model inputs on `device`, the floating ones (pixel values) in the model's dtype."""
+    return {key: value.to(device, float_dtype) if value.is_floating_point() else value.to(device)
+            for key, value in model_inputs.items()}
 
 
 def collate_pairs(rows: Sequence[dict], processor: Any, max_length: int,

@@ -11,6 +11,7 @@ batches for jobs/sft.py.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -22,7 +23,7 @@ from PIL import Image
 from engine.config import SftConfig, ValidateConfig
 from engine.schemas import REJECT_SCHEMA
 from train.augment import augment_example
-from train.data import PairDataError, RowDiverted, checked_row, cut_to, encode_within
+from train.data import PairDataError, RowDiverted, checked_row, cut_to, encode_within, inputs_on
 
 # A training row: the id the batch plan sorts by, the image bytes, the two texts.
 SFT_ROW_SCHEMA = pa.schema([pa.field("example_id", pa.string()), pa.field("image", pa.binary()),
@@ -49,9 +50,9 @@ def read_sft_examples(url: str, validate: ValidateConfig, columns: dict[str, str
                             "detail": exc.detail, "answer_index": -1, "prompt": row["question"]})
             continue
         kept.append({"example_id": example_id, "image": data, "question": row["question"], "answer": row["answer"]})
-    ids = [row["example_id"] for row in kept]
-    if len(set(ids)) != len(ids):
-        raise PairDataError(f"SFT file {url}: example ids repeat (e.g. {next(i for i in ids if ids.count(i) > 1)!r})")
+    repeated = [example_id for example_id, n in Counter(row["example_id"] for row in kept).items() if n > 1]
+    if repeated:
+        raise PairDataError(f"SFT file {url}: example ids repeat (e.g. {repeated[0]!r})")
     return pa.Table.from_pylist(kept, schema=SFT_ROW_SCHEMA), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
 
 
@@ -63,9 +64,8 @@ class SftBatch:
     n_truncated: int
 
     def to(self, device: torch.device, float_dtype: torch.dtype) -> SftBatch:
-        inputs = {key: value.to(device, float_dtype) if value.is_floating_point() else value.to(device)
-                  for key, value in self.model_inputs.items()}
-        return SftBatch(inputs, self.response_mask.to(device), self.example_ids, self.n_truncated)
+        return SftBatch(inputs_on(self.model_inputs, device, float_dtype), self.response_mask.to(device),
+                        self.example_ids, self.n_truncated)
 
 
 def collate_sft(rows: Sequence[dict], processor: Any, max_length: int, augment: SftConfig | None = None,
