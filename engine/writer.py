@@ -74,8 +74,9 @@ def claim_rows(rows: list[dict], iteration: int) -> pa.Table:
     """Every scored answer of `rows` with its claims (none from a pass without a score stage)."""
     out = []
     for row in rows:
-        quotes = row.get("quotes") or [None] * len(row["answers"])
-        for j, p_yes in enumerate(row.get("p_yes") or []):
+        scored = row.get("p_yes") or []  # none for a diverted row or a pass without a score stage
+        quotes = row.get("quotes") or [None] * len(scored)
+        for j, p_yes in enumerate(scored):
             if p_yes is None:  # not scored: its claims could not be parsed (see rejects/)
                 continue
             out.append({"instruction_id": row["id"], "iteration": iteration, "answer_index": j,

@@ -11,9 +11,9 @@ from engine.config import PairConfig, load_config
 from engine.flight import FLIGHT_SCHEMA, to_table
 from engine.pairing import pair_id
 from engine.pair_card import config_hash, write_pair_card
-from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, assistant_turn, instruction_stats_schema
+from engine.schemas import CLAIMS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA, assistant_turn, instruction_stats_schema
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
-from engine.writer import finalize_pairs, pair_record, pair_rows, reject_rows, stats_rows
+from engine.writer import claim_rows, finalize_pairs, pair_record, pair_rows, reject_rows, stats_rows
 
 STAGE_NAMES = ("sample", "split", "score", "pair")
 
@@ -60,6 +60,15 @@ def test_reject_rows_cover_row_and_answer_level():
     assert table.schema == REJECT_SCHEMA
     got = [(r["instruction_id"], r["stage"], r["reason"], r["answer_index"]) for r in table.to_pylist()]
     assert got == [("i1", "split", "unparseable_claims", 2), ("i2", "validate", "empty_prompt", -1)]
+
+
+def test_claim_rows_keep_scored_answers_and_pass_over_rows_without_answers():
+    diverted = {"id": "i2", "prompt": "", "reject_stage": "validate", "reject_reason": "empty_prompt"}
+    unscored = {"id": "i3", "prompt": "Describe.", "answers": ["a"], "answer_seeds": [1]}  # a pass without scoring
+    table = claim_rows([flight_row(), diverted, unscored], iteration=2)
+    assert table.schema == CLAIMS_SCHEMA
+    got = [(r["instruction_id"], r["answer_index"], r["questions"], r["quotes"]) for r in table.to_pylist()]
+    assert got == [("i1", 0, ["q1", "q2"], None), ("i1", 1, ["q3"], None)]
 
 
 def test_stats_rows_count_claims_and_rejections():
