@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 from engine.ai_corrections import correction_tables
 from engine.config import Config
 from engine.errors import PreflightError
-from engine.inputs import input_files
-from engine.instruction_io import CORRECTIONS, INSTRUCTIONS, read_rows, rejects_beside, write_rows
+from engine.inputs import rows_with_ids
+from engine.instruction_io import CORRECTIONS, rejects_beside, write_rows
 from engine.schemas import CLAIMS_SCHEMA
 from engine.storage import join, list_parquet, read_parquet_dir, write_parquet_atomic
 
@@ -30,14 +30,11 @@ def scored_claims(generation_dir: str) -> pa.Table:
 
 
 def instruction_images(cfg: Config, wanted: set[str]) -> dict[str, tuple[bytes | None, str | None]]:
-    """(image bytes, image_uri) of each wanted instruction of cfg.input."""
-    fs, files, fmt = input_files(cfg.input)
+    """(image bytes, image_uri) of each wanted instruction of cfg.input, the others left unread."""
     found: dict[str, tuple[bytes | None, str | None]] = {}
-    for name in files:
-        table = read_rows(fs.unstrip_protocol(name), INSTRUCTIONS, fmt)
+    for table in rows_with_ids(cfg.input, wanted):
         for row in table.select(["id", "image", "image_uri"]).to_pylist():
-            if row["id"] in wanted:
-                found[row["id"]] = (row["image"], row["image_uri"])
+            found[row["id"]] = (row["image"], row["image_uri"])
     return found
 
 

@@ -9,6 +9,7 @@ from typing import Iterator
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from engine.config import InputConfig
@@ -90,14 +91,38 @@ def _file_ids(fs, path: str, fmt: str) -> Iterator[str | None]:
                 yield from batch.column(0).cast(pa.string()).fill_null("").to_pylist()
             return
         for line in f:
-            if not line.strip():
+            if line.strip():
+                yield _line_id(line)
+
+
+def _line_id(line: bytes) -> str | None:
+    """A JSONL line's id as a string ("" when it has none), None when the line cannot be read."""
+    try:
+        instruction_id = msgspec.json.decode(line, type=_InstructionId).id
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return "" if instruction_id is None else str(instruction_id)
+
+
+def rows_with_ids(input_cfg: InputConfig, wanted: set[str]) -> Iterator[pa.Table]:
+    """The input's rows whose id is in `wanted`, normalised, reading ids first: a Parquet row
+    group without a wanted id is never read past its id column, a JSONL line without one is
+    never parsed. For a pass over a few rows of a large input (jobs/correct.py)."""
+    fs, files, fmt = input_files(input_cfg)
+    value_set = pa.array(sorted(wanted), pa.string())
+    for path in files:
+        with fs.open(path, "rb") as f:
+            if fmt == "parquet":
+                parquet = pq.ParquetFile(f)
+                for group in range(parquet.num_row_groups):
+                    ids = parquet.read_row_group(group, columns=["id"]).column(0).cast(pa.string())
+                    hit = pc.is_in(ids, value_set=value_set)
+                    if pc.any(hit).as_py():
+                        yield normalise_instructions(parquet.read_row_group(group).filter(hit))
                 continue
-            try:
-                instruction_id = msgspec.json.decode(line, type=_InstructionId).id
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                yield None
-                continue
-            yield "" if instruction_id is None else str(instruction_id)
+            lines = [line for line in f if line.strip() and _line_id(line) in wanted]
+            if lines:
+                yield parse_jsonl(b"".join(lines), fs.unstrip_protocol(path))
 
 
 def read_instruction_dataset(input_cfg: InputConfig):

@@ -141,3 +141,32 @@ def test_a_hugging_face_image_struct_gives_its_bytes():
                       pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
     out = normalise_instructions(pa.table({"id": ["a", "b"], "prompt": ["p", "q"], "image": images}))
     assert out["image"].to_pylist() == [b"png", None]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".jsonl"])
+def test_rows_with_ids_reads_only_the_row_groups_and_lines_it_needs(tmp_path, monkeypatch, suffix):
+    import pyarrow.parquet as pq
+
+    from engine.config import InputConfig
+    from engine.inputs import rows_with_ids
+
+    table = make_instructions(6, seed=0)
+    url = str(tmp_path / f"in{suffix}")
+    if suffix == ".parquet":
+        pq.write_table(table, url, row_group_size=2)
+    else:
+        write_instructions(table, url)
+    whole_groups = []
+    read_row_group = pq.ParquetFile.read_row_group
+
+    def spy(self, group, columns=None, **kwargs):
+        if columns is None:
+            whole_groups.append(group)
+        return read_row_group(self, group, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    wanted = {table["id"][3].as_py(), table["id"][2].as_py()}
+    found = pa.concat_tables(rows_with_ids(InputConfig(path=url), wanted))
+    assert found.schema == INSTRUCTION_SCHEMA and set(found["id"].to_pylist()) == wanted
+    assert found["image"].to_pylist() == table["image"].to_pylist()[2:4]
+    assert whole_groups == ([1] if suffix == ".parquet" else [])
