@@ -205,6 +205,48 @@ def test_the_plot_has_fixed_zero_based_axes_and_the_setup_in_its_title(tmp_path)
     assert plot_metrics(per_seed, tmp_path / "plot.png", "t").stat().st_size > 0
 
 
+def test_experiment_steps_report_done_total_figures_and_an_eta_from_the_steps_that_ran(monkeypatch):
+    from toyworld import experiments
+
+    now = [0.0]
+    monkeypatch.setattr(experiments.time, "monotonic", lambda: now[0])
+
+    def work(seconds):
+        def run():
+            now[0] += seconds
+            return {"chair_s": 0.5, "chair_i": 0.25, "cider": 1.0, "bleu_4": 0.125}
+        return run
+
+    lines: list[str] = []
+    clock = experiments.StepClock(4, lines.append)
+    clock.step("seed 0, toy policy", work(0.1))  # reused: not counted in the rate
+    clock.step("seed 0, SFT", work(120))
+    clock.step("seed 0, SFT + crop", work(60))
+    assert lines[1] == "[1/4] seed 0, toy policy: CHAIR_s 0.500  CHAIR_i 0.250  CIDEr 1.000  BLEU-4 0.125  (reused)"
+    assert lines[3].endswith("(2 min 00 s, ETA 4 min 00 s)") and lines[5].endswith("(1 min 00 s, ETA 1 min 30 s)")
+    assert lines[4] == "[3/4] seed 0, SFT + crop ..."
+
+
+def test_experiment_plot_has_zero_based_axes_and_says_which_way_is_better(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from toyworld.experiments import METRICS, plot
+
+    rows = [{"arm": arm, **{key: value for key, _ in METRICS for key, value in ((key, 0.4), (f"{key}_sd", 0.05))}}
+            for arm in ("toy policy", "DPO on corrections")]
+    shown = {}
+    monkeypatch.setattr(pyplot, "close", lambda fig=None: shown.setdefault("fig", fig))  # keep the figure
+    assert plot(rows, tmp_path / "exp.png", "t").stat().st_size > 0
+    axes = shown["fig"].axes
+    assert [ax.get_xlim()[0] for ax in axes] == [0] * len(METRICS)
+    assert [ax.get_xlim()[1] for ax in axes[:2]] == [1, 1]  # CHAIR rates on their whole 0-1 range
+    assert "lower is better" in axes[0].get_title() and "higher is better" in axes[2].get_title()
+    assert [label.get_text() for label in axes[0].get_yticklabels()] == ["toy policy", "DPO on corrections"]
+
+
 @pytest.mark.slow
 def test_experiments_run_every_arm_and_a_rerun_reuses_them(ray_local, tmp_path, model_cache):
     from toyworld.experiments import ARMS, format_markdown, run_experiments, summary_rows
@@ -216,4 +258,5 @@ def test_experiments_run_every_arm_and_a_rerun_reuses_them(ray_local, tmp_path, 
     lines: list[str] = []
     again = run_experiments(cfg, [0], "abcd", n_examples=8, echo=lines.append)
     assert again == results and not [line for line in lines if "evaluating" in line or "generation" in line]
+    assert lines[-1].startswith("[11/11] seed 0, AI corrections + DDPO: CHAIR_s") and lines[-1].endswith("(reused)")
     assert "± 0.000" in format_markdown(summary_rows(results))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import random
 import statistics
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +35,7 @@ from toyworld.run import TOYWORLD_CONFIG, seed_config
 NAME = "toyworld-experiments"
 METRICS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("cider", "CIDEr"), ("bleu_4", "BLEU-4"))
 GAMMAS = (1.0, 2.0, 5.0, 10.0)
+REUSED_SECONDS = 5  # a step this quick read its finished result back instead of running
 # (experiment, arm title, data, training: (objective, overrides))
 ARMS = (
     ("a", "DPO on corrections", "human", ("dpo", ('train.loss="dpo"',))),
@@ -149,7 +151,6 @@ class SeedRun:
         objective, overrides = training
         cfg = with_overrides(self.cfg, overrides)
         out = self.path(arm_dir(title), "train")
-        self.echo(f"  {title}")
         data = self.data(kind)
         result = (train_sft(cfg, data, self.policy, out) if objective == "sft"
                   else train_dpo(cfg, data, self.policy, out))
@@ -159,15 +160,43 @@ class SeedRun:
 def run_experiments(cfg: Config, seeds: list[int], experiments: str, n_examples: int,
                     echo: Callable[[str], None]) -> dict[str, dict[int, dict]]:
     """Arm title -> seed -> held-out metrics; the toy policy's row first."""
+    arms = [arm for arm in ARMS if arm[0] in experiments]
+    clock = StepClock(len(seeds) * (1 + len(arms)), echo)
     results: dict[str, dict[int, dict]] = {"toy policy": {}}
     for seed in seeds:
         run = SeedRun(seed_config(cfg, seed, NAME), n_examples, echo)
-        echo(f"seed {seed}")
-        results["toy policy"][seed] = run.evaluated("toy-policy", run.policy)
-        for experiment, title, kind, training in ARMS:
-            if experiment in experiments:
-                results.setdefault(title, {})[seed] = run.arm(title, kind, training)
+        results["toy policy"][seed] = clock.step(f"seed {seed}, toy policy",
+                                                 lambda: run.evaluated("toy-policy", run.policy))
+        for _, title, kind, training in arms:
+            results.setdefault(title, {})[seed] = clock.step(f"seed {seed}, {title}",
+                                                             lambda: run.arm(title, kind, training))
     return results
+
+
+class StepClock:
+    """done/total over every (seed, arm) step with its figures and an ETA; the rate counts only
+    the steps that ran, not those reused from an earlier run."""
+
+    def __init__(self, total: int, echo: Callable[[str], None]):
+        self.total, self.done, self.echo = total, 0, echo
+        self.ran, self.ran_seconds = 0, 0.0
+
+    def step(self, name: str, work: Callable[[], dict]) -> dict:
+        from engine.progress import format_seconds
+
+        self.echo(f"[{self.done + 1}/{self.total}] {name} ...")
+        start = time.monotonic()
+        metrics = work()
+        seconds = time.monotonic() - start
+        self.done += 1
+        if seconds > REUSED_SECONDS:
+            self.ran, self.ran_seconds = self.ran + 1, self.ran_seconds + seconds
+        left = self.total - self.done
+        eta = f", ETA {format_seconds(left * self.ran_seconds / self.ran)}" if left and self.ran else ""
+        figures = "  ".join(f"{label} {metrics[key]:.3f}" for key, label in METRICS)
+        took = format_seconds(seconds) if seconds > REUSED_SECONDS else "reused"
+        self.echo(f"[{self.done}/{self.total}] {name}: {figures}  ({took}{eta})")
+        return metrics
 
 
 def summary_rows(results: dict[str, dict[int, dict]]) -> list[dict]:
