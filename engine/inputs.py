@@ -14,7 +14,6 @@ import pyarrow.parquet as pq
 from engine.config import InputConfig
 from engine.errors import InputError
 from engine.instruction_io import instruction_format, normalise_instructions, parse_jsonl
-from engine.parquet_dataset import read_parquet_dataset
 from engine.schemas import INSTRUCTION_SCHEMA
 from engine.storage import exists, filesystem
 
@@ -108,12 +107,14 @@ def read_instruction_dataset(input_cfg: InputConfig):
 
     check_input(input_cfg.path, input_cfg.format)
     fs, path = filesystem(input_cfg.path)
+    arrow_fs = PyFileSystem(FSSpecHandler(fs))
     if instruction_format(input_cfg.path, input_cfg.format) == "parquet":
-        ds = read_parquet_dataset(fs, path).map_batches(normalise_instructions, batch_format="pyarrow")
+        ds = ray.data.read_parquet(path, filesystem=arrow_fs).map_batches(normalise_instructions,
+                                                                          batch_format="pyarrow")
     else:
         # The project's own line reader, not read_json: a bad line becomes one diverted row
         # that names its file and line, instead of failing the whole read.
-        ds = ray.data.read_binary_files(path, filesystem=PyFileSystem(FSSpecHandler(fs)), include_paths=True)
+        ds = ray.data.read_binary_files(path, filesystem=arrow_fs, include_paths=True)
         ds = ds.map_batches(_parse_jsonl_files, batch_size=1, batch_format="pyarrow")
     return ds.limit(input_cfg.limit) if input_cfg.limit else ds
 

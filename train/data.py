@@ -32,7 +32,6 @@ from engine import chat
 from engine.config import ModelConfig, ValidateConfig
 from engine.errors import EngineError
 from engine.pairing import pair_id
-from engine.parquet_dataset import read_parquet_dataset
 from engine.schemas import PAIR_SCHEMA, REJECT_SCHEMA, turn_text
 from engine.storage import filesystem, list_parquet
 from engine.writer import pair_record
@@ -50,6 +49,9 @@ def read_pair_dataset(pairs_dir: str):
     """The complete Parquet shards of `pairs_dir` (temp files of an unfinished write are not
     listed) as a materialised Ray Dataset of TRAIN_COLUMNS, after checking that it is non-empty
     and that every pair_id is unique (a shard written twice would train its pairs twice)."""
+    import ray.data
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
     files = list_parquet(pairs_dir)
     if not files:
         raise PairDataError(f"no Parquet pair shards in {pairs_dir!r}")
@@ -60,7 +62,7 @@ def read_pair_dataset(pairs_dir: str):
             missing = sorted(set(TRAIN_COLUMNS) - set(pq.read_schema(f).names))
         if missing:
             raise PairDataError(f"pair shard {url} lacks column(s) {missing}")
-    ds = read_parquet_dataset(fs, paths, columns=list(TRAIN_COLUMNS))
+    ds = ray.data.read_parquet(paths, filesystem=PyFileSystem(FSSpecHandler(fs)), columns=list(TRAIN_COLUMNS))
     ds = ds.materialize()
     ids = [row["pair_id"] for row in ds.select_columns(["pair_id"]).take_all()]
     if not ids:
