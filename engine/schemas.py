@@ -9,7 +9,7 @@ assistant_turn), image structs {bytes, path} and the `huggingface` schema metada
 
 from __future__ import annotations
 
-import functools
+import json
 from typing import Sequence
 
 import pyarrow as pa
@@ -84,42 +84,65 @@ def turn_text(messages: Sequence[dict]) -> str:
     return " ".join(part["text"] for part in messages[0]["content"] if part["type"] == "text")
 
 
-@functools.cache
-def pair_features():
-    """The pair shards' Hugging Face features. Built on first use: importing `datasets` imports
-    torch, which nothing that only checks a config or an input should pay for."""
-    from datasets import Features, Image, List, Value
+def _value(dtype: str) -> dict:
+    return {"dtype": dtype, "_type": "Value"}
 
-    # One message: {"role", "content": [{"type": "image" | "text", "text"}]}, "text" null on images.
-    turn = List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})})
-    return Features(
-        {
-            "pair_id": Value("string"),
-            "instruction_id": Value("string"),
-            "iteration": Value("int32"),
-            "images": List(Image()),
-            "prompt": turn,
-            "chosen": turn,
-            "rejected": turn,
-            "chosen_score": Value("int32"),
-            "rejected_score": Value("int32"),
-            "chosen_n_claims": Value("int32"),
-            "rejected_n_claims": Value("int32"),
-            "ref_chosen_logps": Value("float64"),
-            "ref_rejected_logps": Value("float64"),
-            "policy_id": Value("string"),
-            "chosen_seed": Value("int64"),
-            "rejected_seed": Value("int64"),
-        }
-    )
+
+def _list(feature) -> dict:
+    return {"feature": feature, "_type": "List"}
+
+
+# One message: {"role", "content": [{"type": "image" | "text", "text"}]}, "text" null on images.
+_TURN = _list({"role": _value("string"), "content": _list({"type": _value("string"), "text": _value("string")})})
+# The pair shards' Hugging Face features, as `Features.to_dict()` spells them: the one definition
+# of PAIR_SCHEMA and its metadata. Written out rather than built with `datasets`, whose import
+# pulls in torch: every process that writes pairs would pay for it.
+PAIR_FEATURE_DICT = {
+    "pair_id": _value("string"),
+    "instruction_id": _value("string"),
+    "iteration": _value("int32"),
+    "images": _list({"_type": "Image"}),
+    "prompt": _TURN,
+    "chosen": _TURN,
+    "rejected": _TURN,
+    "chosen_score": _value("int32"),
+    "rejected_score": _value("int32"),
+    "chosen_n_claims": _value("int32"),
+    "rejected_n_claims": _value("int32"),
+    "ref_chosen_logps": _value("float64"),
+    "ref_rejected_logps": _value("float64"),
+    "policy_id": _value("string"),
+    "chosen_seed": _value("int64"),
+    "rejected_seed": _value("int64"),
+}
+
+
+def _arrow_type(feature) -> pa.DataType:
+    """The Arrow type `datasets` stores a feature dict as."""
+    if "_type" not in feature:
+        return pa.struct([(name, _arrow_type(child)) for name, child in feature.items()])
+    kind = feature["_type"]
+    if kind == "Value":
+        return pa.type_for_alias(feature["dtype"])
+    if kind == "List":
+        return pa.list_(_arrow_type(feature["feature"]))
+    if kind == "Image":
+        return pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    raise ValueError(f"no Arrow type for feature type {kind!r}")
+
+
+PAIR_SCHEMA = pa.schema([(name, _arrow_type(feature)) for name, feature in PAIR_FEATURE_DICT.items()]).with_metadata(
+    {"huggingface": json.dumps({"info": {"features": PAIR_FEATURE_DICT}})})
 
 
 def __getattr__(name: str):
-    """PAIR_FEATURES and PAIR_SCHEMA, built on first use (see pair_features)."""
+    """PAIR_FEATURES, the `datasets.Features` of the pair shards, built on first use: importing
+    `datasets` imports torch, which nothing that only checks a config or writes pairs should
+    pay for."""
     if name == "PAIR_FEATURES":
-        return pair_features()
-    if name == "PAIR_SCHEMA":
-        return pair_features().arrow_schema
+        from datasets import Features
+
+        return Features.from_dict(PAIR_FEATURE_DICT)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

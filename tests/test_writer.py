@@ -2,6 +2,9 @@
 and pair shards that Hugging Face datasets reads as an image dataset."""
 
 import io
+import subprocess
+import sys
+from pathlib import Path
 
 import datasets
 import PIL.Image
@@ -11,7 +14,8 @@ from engine.config import PairConfig, load_config
 from engine.flight import FLIGHT_SCHEMA, to_table
 from engine.pairing import pair_id
 from engine.pair_card import config_hash, write_pair_card
-from engine.schemas import CLAIMS_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA, assistant_turn, instruction_stats_schema
+from engine.schemas import (CLAIMS_SCHEMA, PAIR_FEATURE_DICT, PAIR_SCHEMA, REJECT_SCHEMA, assistant_turn,
+                            instruction_stats_schema)
 from engine.storage import list_parquet, read_parquet_dir, write_parquet_atomic
 from engine.writer import claim_rows, finalize_pairs, pair_record, pair_rows, reject_rows, stats_rows
 
@@ -154,3 +158,18 @@ def test_pair_shards_and_card_load_as_a_hugging_face_image_dataset(tmp_path):
     (row,) = pairs
     assert row["images"][0].size == (4, 3)
     assert row["prompt"] == rows["prompt"].to_pylist()[0] and row["chosen"] == assistant_turn("a b")
+
+
+def test_the_pair_schema_is_the_one_datasets_builds_from_its_features_metadata_included():
+    features = datasets.Features.from_dict(PAIR_FEATURE_DICT)
+    assert features.to_dict() == PAIR_FEATURE_DICT
+    assert features.arrow_schema.equals(PAIR_SCHEMA, check_metadata=True)
+
+
+def test_writing_pairs_imports_neither_datasets_nor_torch():
+    """Every Ray worker that writes a block would otherwise pay for importing torch."""
+    code = ("import sys; from engine.writer import pair_rows; from engine.sink import IterationSink; "
+            "pair_rows([], 0, 'm0'); print(sorted({'datasets', 'torch'} & set(sys.modules)))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.stdout.strip() == "[]"
