@@ -94,7 +94,7 @@ class Job(click.Command):
 
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
 # imports (ray, torch, deepspeed) happen only when that job runs.
-JOBS = ("iterate", "generate", "train", "sft", "bon", "evaluate", "correct")
+JOBS = ("iterate", "generate", "train", "sft", "train_rm", "bon", "evaluate", "correct")
 
 
 class _JobGroup(click.Group):
