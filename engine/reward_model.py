@@ -57,9 +57,10 @@ class TokenRewardModel(torch.nn.Module):
 
 def with_reward_head(backbone: PreTrainedModel, model_dir: str, seed: int) -> TokenRewardModel:
     """`backbone` with model_dir's head, or a new one when model_dir has none (a policy):
-    weights drawn from N(0, 1 / (hidden + 1)) with `seed`, as OpenRLHF starts its value and
-    reward heads, bias 0. The LM head plays no part in a reward; unless it shares its weights
-    with the input embeddings it is frozen, which spares its optimizer state."""
+    weights drawn with `seed` from a normal of standard deviation 1 / (hidden + 1), as OpenRLHF
+    starts its reward and value heads, and bias 0. The LM head plays no part in a reward;
+    unless it shares its weights with the input embeddings it is frozen, which spares its
+    optimizer state."""
     hidden = backbone.config.get_text_config().hidden_size
     score = torch.nn.Linear(hidden, 1, dtype=backbone.dtype)
     head_path = Path(model_dir) / HEAD_FILE
@@ -69,7 +70,7 @@ def with_reward_head(backbone: PreTrainedModel, model_dir: str, seed: int) -> To
     else:
         generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
-            score.weight.copy_(torch.randn(score.weight.shape, generator=generator) / (hidden + 1) ** 0.5)
+            score.weight.copy_(torch.randn(score.weight.shape, generator=generator) / (hidden + 1))
             score.bias.zero_()
     output, embeddings = backbone.get_output_embeddings(), backbone.get_input_embeddings()
     if output is not None and output.weight is not embeddings.weight:
