@@ -58,6 +58,8 @@ def main(config_path, overrides, corrections, columns, generation_dir, init_mode
     columns = column_map(columns, CORRECTION_ROLES)
     inputs = {key: value for key, value in (("--corrections", corrections), ("--generation", generation_dir))
               if value is not None}
+    if generation_dir is not None:
+        inputs["input.path"] = cfg.input.path  # the images of the pass's instructions
     preflight(cfg, inputs, policy_at(cfg, "--init", init_model))  # before Ray starts or any model loads
     from engine.errors import PreflightError
     from engine.storage import join
