@@ -36,7 +36,7 @@ set_option = click.option(
 
 
 def training_options(command):
-    """--fresh and --max-steps, shared by the training jobs (train, sft)."""
+    """--fresh and --max-steps, shared by the training jobs (train, sft, train_rm)."""
     command = click.option("--max-steps", type=click.IntRange(min=1), default=None,
                            help="Stop after this many optimizer steps in total, keeping a checkpoint; run again "
                                 "to continue.")(command)

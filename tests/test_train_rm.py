@@ -110,11 +110,11 @@ def test_every_zero_stage_gives_the_same_run(stage, run, model_cache, processor,
 def test_resume_from_a_mid_run_checkpoint_matches_an_uninterrupted_run(run, model_cache, processor, init_with_head,
                                                                        tmp_path):
     rows, heldout = toy_rows(processor, 0, N_TRAIN), toy_rows(processor, 100, N_HELDOUT)
-    cfg = config(model_cache, "train.checkpoint_every_steps=3")
+    cfg = config(model_cache)
     stopped = train_reward_model(cfg, rows, heldout, init_with_head[0], str(tmp_path), resume=False, max_steps=4)
-    assert stopped.model_dir is None and stopped.evaluation == {}
+    assert stopped.model_dir is None and stopped.evaluation == {}  # evaluated only once training is complete
     resumed = train_reward_model(cfg, rows, heldout, init_with_head[0], str(tmp_path), resume=True)
-    assert resumed.started_at_step == 3
+    assert resumed.started_at_step == 4
     assert [h["loss"] for h in resumed.history] == pytest.approx([h["loss"] for h in run.history], abs=1e-5)
     assert resumed.evaluation == pytest.approx(run.evaluation, abs=1e-5)
 
