@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from engine.pairing import accepts
 from engine.schemas import CORRECTION_SCHEMA, REJECT_SCHEMA
-from engine.sentences import locate_quote, rewrite_sentences, sentence_spans
+from engine.sentences import Span, locate_quote, rewrite_sentences, sentence_spans
 from engine.writer import excerpt
 
 STAGE = "correct"
@@ -28,19 +28,30 @@ class Uncorrectable(ValueError):
         self.reason, self.detail = reason, detail
 
 
+def rejected_sentences(answer: str, quotes: list[str], p_yes: list[float],
+                       p_no: list[float]) -> tuple[list[Span], set[int]]:
+    """(the answer's sentence spans, the indexes of those a rejected claim quotes): what both AI
+    corrections and the reward model's AI-feedback labels (train/rm_labels.py) are made of.
+    Raises Uncorrectable (quote_not_found) when a rejected claim's quote is not in the answer."""
+    spans = sentence_spans(answer)
+    marked: set[int] = set()
+    for quote, yes, no in zip(quotes, p_yes, p_no, strict=True):
+        if accepts(yes, no):
+            continue
+        found = locate_quote(quote, answer, spans)
+        if not found:
+            raise Uncorrectable("quote_not_found",
+                                f"a rejected claim quotes {excerpt(quote)!r}, which is not in the answer")
+        marked.update(found)
+    return spans, marked
+
+
 def correct_from_feedback(answer: str, quotes: list[str], p_yes: list[float], p_no: list[float]) -> tuple[str, list[dict]]:
     """(chosen, edits) for one scored answer: `answer` without the sentences its rejected claims
     quote. Raises Uncorrectable with the reason when there is no such correction."""
-    rejected = [quote for quote, yes, no in zip(quotes, p_yes, p_no, strict=True) if not accepts(yes, no)]
-    if not rejected:
+    if all(accepts(yes, no) for yes, no in zip(p_yes, p_no, strict=True)):
         raise Uncorrectable("nothing_to_correct", "the labeler accepted every claim of this answer")
-    spans = sentence_spans(answer)
-    removed: set[int] = set()
-    for quote in rejected:
-        found = locate_quote(quote, answer, spans)
-        if not found:
-            raise Uncorrectable("quote_not_found", f"a rejected claim quotes {excerpt(quote)!r}, which is not in the answer")
-        removed.update(found)
+    spans, removed = rejected_sentences(answer, quotes, p_yes, p_no)
     if len(removed) == len(spans):
         raise Uncorrectable("nothing_left", "every sentence of the answer carries a rejected claim")
     return rewrite_sentences(answer, spans, dict.fromkeys(removed))

@@ -36,7 +36,7 @@ set_option = click.option(
 
 
 def training_options(command):
-    """--fresh and --max-steps, shared by the training jobs (train, sft)."""
+    """--fresh and --max-steps, shared by the training jobs (train, sft, train_rm)."""
     command = click.option("--max-steps", type=click.IntRange(min=1), default=None,
                            help="Stop after this many optimizer steps in total, keeping a checkpoint; run again "
                                 "to continue.")(command)
@@ -94,7 +94,7 @@ class Job(click.Command):
 
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
 # imports (ray, torch, deepspeed) happen only when that job runs.
-JOBS = ("iterate", "generate", "train", "sft", "bon", "evaluate", "correct")
+JOBS = ("iterate", "generate", "train", "sft", "train_rm", "bon", "evaluate", "correct")
 
 
 class _JobGroup(click.Group):

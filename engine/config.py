@@ -299,6 +299,17 @@ class SftConfig(_Strict):
         "crop: the kept window's side is at least this share of the image's side."))] = 0.6
 
 
+class RmConfig(_Strict):
+    """The token-level reward model (jobs/train_rm.py, docs/algorithms.md §9): the policy with a
+    scalar head on every position, fitted to per-token labels from corrections and AI feedback;
+    the optimisation settings are [train]'s."""
+
+    heldout_share: Annotated[Fraction, Meta(description=(
+        "Share of the label rows held out of training, drawn per image and question (a correction's two "
+        "answers, an instruction's answers stay together) with run.seed; the held-out tokens give "
+        "eval/loss, eval/token_accuracy and eval/auc after the last step. 0 evaluates nothing."))] = 0.1
+
+
 class BonConfig(_Strict):
     """Self-feedback Best-of-N (docs/algorithms.md §7): n samples from the trained policy, ranked by
     r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
@@ -366,6 +377,7 @@ class Config(_Strict):
     pair: PairConfig = PairConfig()
     train: TrainConfig = TrainConfig()
     sft: SftConfig = SftConfig()
+    rm: RmConfig = RmConfig()
     bon: BonConfig = BonConfig()
     eval: EvalConfig = EvalConfig()
 

@@ -166,6 +166,28 @@ CLAIMS_SCHEMA = pa.schema(
 )
 
 
+# Token-level reward-model rows (jobs/train_rm.py, docs/algorithms.md §9): one answer to (image,
+# question) with a label on each of its tokens. `token_ids` are the answer's tokens as the
+# policy's chat template renders the whole conversation (engine.chat.response_token_ids, the
+# end-of-turn token included), `labels` one per token: 1 good, 0 bad, -1 unlabelled. `source`
+# says where the labels come from: "correction_original" and "correction_corrected" (the two
+# answers of a correction row, train/token_labels.py), "ai_feedback" (the claims table's
+# rejected and accepted claims). Rows of one image and question share `group_id` (a
+# correction's id, an instruction's id), so a held-out split keeps them together.
+RM_SCHEMA = pa.schema(
+    [
+        pa.field("row_id", pa.string(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("image", pa.binary()),
+        pa.field("question", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("token_ids", pa.list_(pa.int32())),
+        pa.field("labels", pa.list_(pa.int8())),
+    ]
+)
+
+
 # A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
 REJECT_SCHEMA = pa.schema(
     [

@@ -51,7 +51,7 @@ def test_a_bf16_engine_exports_bf16_weights_equal_to_the_init(stage, one_rank, t
     monkeypatch.setattr(deepspeed, "initialize", spy)
     train_cfg = TrainConfig(zero_stage=stage, gradient_checkpointing=False)
     ds_engine = trainer._deepspeed_engine(train_cfg, tiny_llava_dir, SimpleNamespace(total_steps=1), bf16=True,
-                                          multimodal=True)
+                                          multimodal=True, trained_model=lambda model: model)
     assert loaded_partitioned == [stage == 3]  # ZeRO-3: partitioned by from_pretrained, before DeepSpeed
     export_model(ds_engine, tiny_llava_dir, str(tmp_path / "model"))
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from train.ppo_losses import gae, ppo_policy_loss, shaped_rewards, token_bce, value_loss, whiten
+from train.ppo_losses import (gae, ppo_policy_loss, shaped_rewards, token_accuracy, token_auc, token_bce, value_loss,
+                               whiten)
 from train.token_labels import correction_token_labels
 
 
@@ -27,6 +28,22 @@ def test_token_bce_reads_labelled_positions_only():
     assert token_bce(logits, labels, torch.tensor([[1, 0]])).item() == pytest.approx(math.log(2))
     both = (math.log(2) + math.log(1 + math.exp(2))) / 2
     assert token_bce(logits, labels, torch.tensor([[1, 1]])).item() == pytest.approx(both)
+
+
+def test_token_accuracy_reads_the_logits_side_of_zero_on_labelled_positions():
+    logits, labels = torch.tensor([[2.0, -1.0, 0.5, -3.0]]), torch.tensor([[1, 1, 0, 0]])
+    assert token_accuracy(logits, labels, torch.tensor([[1, 1, 1, 1]])).item() == 0.5
+    assert token_accuracy(logits, labels, torch.tensor([[1, 0, 0, 1]])).item() == 1.0
+
+
+@pytest.mark.parametrize("scores, labels, expected", [
+    ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),       # 3 of the 4 (good, bad) pairs ordered right
+    ([0.5, 0.5, 0.5], [1, 0, 0], 0.5),                 # ties count half
+    ([0.2, 0.9, 0.2, 0.1], [1, 1, 0, 0], (0.5 + 1 + 1 + 1) / 4),  # the 0.2s tie
+    ([3.0, 1.0], [1, 1], None),                        # one class only: undefined
+])
+def test_token_auc_hand_computed(scores, labels, expected):
+    assert token_auc(torch.tensor(scores), torch.tensor(labels)) == pytest.approx(expected)
 
 
 def test_shaped_rewards_token_and_sequence():

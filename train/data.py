@@ -269,6 +269,14 @@ def checked_row(row: dict, texts: Sequence[str], validate: ValidateConfig) -> tu
         raise RowDiverted("missing_image", str(exc)) from None
 
 
+def checked_correction(row: dict, validate: ValidateConfig) -> tuple[bytes, Image.Image]:
+    """checked_row for a correction row, which must also change its answer."""
+    data, image = checked_row(row, ("question", "chosen", "rejected"), validate)
+    if row["chosen"].strip() == row["rejected"].strip():
+        raise RowDiverted("equal_answers", "the correction equals the original answer: nothing to learn")
+    return data, image
+
+
 def read_correction_table(url: str, columns: dict[str, str] | None = None, format: str = "auto") -> pa.Table:
     """A correction file (Parquet, or JSONL with base64 images or image_uri paths) via fsspec, as
     CORRECTION_SCHEMA rows; `columns` maps a schema field to the file's column of another name
@@ -305,9 +313,7 @@ def pairs_from_corrections(
         instruction_id = row["id"] or f"correction-{index}"
         question, chosen, rejected = row["question"] or "", row["chosen"] or "", row["rejected"] or ""
         try:
-            data, image = checked_row(row, ("question", "chosen", "rejected"), validate)
-            if chosen.strip() == rejected.strip():
-                raise RowDiverted("equal_answers", "the correction equals the original answer: nothing to learn")
+            data, image = checked_correction(row, validate)
         except RowDiverted as exc:
             rejects.append({"instruction_id": instruction_id, "iteration": iteration, "stage": "corrections",
                             "reason": exc.reason, "detail": exc.detail, "answer_index": -1, "prompt": question})

@@ -5,6 +5,9 @@ DeepSpeed, the batch plan, checkpoints, export) is the same for every objective.
 - PreferenceObjective: DPO or DDPO on pair rows (train.loss), plus train.sft_weight's SFT term.
 - SftObjective: supervised fine-tuning on (image, question, answer) rows: the mean NLL of the
   answer tokens (jobs/sft.py), with the [sft] augmentations.
+- RewardModelObjective: the token-level reward model (jobs/train_rm.py): the policy with a
+  scalar head on every position, binary cross-entropy on the labelled tokens, and held-out
+  loss, token accuracy and AUC after the last step.
 """
 
 from __future__ import annotations
@@ -17,9 +20,37 @@ import torch
 import torch.distributed as dist
 
 from engine.config import SftConfig, TrainConfig
+from engine.reward_model import with_reward_head
 from train.data import PairBatch, collate_pairs
 from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, response_nll, shifted_token_logps, summed_logps
+from train.ppo_losses import token_accuracy, token_auc, token_bce
+from train.rm_data import RmBatch, collate_rm
 from train.sft_data import SftBatch, collate_sft
+
+
+def rank_chunks(n_rows: int, micro_batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """`rank`'s share of n_rows rows in micro-batches, as many on every rank (ZeRO-3's forward
+    is collective), the last filled up by wrapping around to the first rows."""
+    chunks = math.ceil(n_rows / (world * micro_batch_size))
+    grid = np.resize(np.arange(n_rows), chunks * world * micro_batch_size).reshape(chunks, world, micro_batch_size)
+    return [chunk.tolist() for chunk in grid[:, rank]]
+
+
+class Objective:
+    """What an objective does by default: train the loaded model as it is, precompute nothing,
+    evaluate nothing."""
+
+    @staticmethod
+    def trained_model(model, init_dir: str, seed: int):
+        """The module DeepSpeed trains, built around the loaded Hugging Face model."""
+        return model
+
+    def prepare(self, ds_engine, plan, rank: int, world: int) -> None:
+        """Work before the first step, once the model is loaded (collective)."""
+
+    def evaluate(self, ds_engine, rows: list[dict], rank: int, world: int) -> dict:
+        """Metrics on held-out rows after the last step (collective)."""
+        return {}
 
 
 def token_logps(ds_engine, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,7 +81,7 @@ def preference_loss(ds_engine, batch: PairBatch, train_cfg: TrainConfig) -> tupl
     return loss, metrics
 
 
-class PreferenceObjective:
+class PreferenceObjective(Objective):
     id_column = "pair_id"
 
     def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
@@ -77,14 +108,11 @@ class PreferenceObjective:
         forward is collective), then all ranks exchange their results."""
         if self.train_cfg.loss != "ddpo":
             return
-        micro = self.train_cfg.micro_batch_size
-        chunks = math.ceil(plan.n_pairs / (world * micro))
-        grid = np.resize(np.arange(plan.n_pairs), chunks * world * micro).reshape(chunks, world, micro)
         mine: dict[str, tuple[float, float]] = {}
         ds_engine.eval()
         with torch.no_grad():
-            for chunk in grid[:, rank]:
-                batch = self.batch(chunk.tolist(), step=0)
+            for chunk in rank_chunks(plan.n_pairs, self.train_cfg.micro_batch_size, rank, world):
+                batch = self.batch(chunk, step=0)
                 logps, response, _ = token_logps(ds_engine, batch)
                 chosen, rejected = _sequence_logps(logps, response, batch, self.train_cfg).chunk(2)
                 mine.update(zip(batch.pair_ids, zip(chosen.tolist(), rejected.tolist())))
@@ -98,7 +126,7 @@ class PreferenceObjective:
         return f"accuracy {metrics['rewards/accuracies']:.3f}  margin {metrics['rewards/margins']:.4f}"
 
 
-class SftObjective:
+class SftObjective(Objective):
     id_column = "example_id"
 
     def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
@@ -119,12 +147,61 @@ class SftObjective:
         accuracy = (predicted & mask).sum() / mask.sum().clamp(min=1)
         return response_nll(logps, response), {"mean_token_accuracy": accuracy.detach().float()}
 
-    def prepare(self, ds_engine, plan, rank: int, world: int) -> None:
-        """Nothing to precompute: SFT has no reference model."""
-
     @staticmethod
     def progress(metrics: dict) -> str:
         return f"token accuracy {metrics['mean_token_accuracy']:.3f}"
 
 
-OBJECTIVES = {"preference": PreferenceObjective, "sft": SftObjective}
+class RewardModelObjective(Objective):
+    id_column = "row_id"
+    trained_model = staticmethod(with_reward_head)
+
+    def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
+                 device, float_dtype, seed: int) -> None:
+        self.train_cfg, self.processor, self.rows = train_cfg, processor, rows
+        self.device, self.float_dtype = device, float_dtype
+
+    def _collate(self, rows: list[dict]) -> RmBatch:
+        return collate_rm(rows, self.processor, self.train_cfg.max_length).to(self.device, self.float_dtype)
+
+    def batch(self, indices: list[int], step: int) -> RmBatch:
+        return self._collate([self.rows[i] for i in indices])
+
+    def loss(self, ds_engine, batch: RmBatch):
+        """The micro-batch's mean BCE over its labelled tokens, and their token accuracy."""
+        logits, labelled = ds_engine(**batch.model_inputs), batch.labels >= 0
+        labels = batch.labels.clamp(min=0)
+        accuracy = token_accuracy(logits.detach(), labels, labelled)
+        return token_bce(logits, labels, labelled), {"token_accuracy": accuracy}
+
+    def evaluate(self, ds_engine, rows: list[dict], rank: int, world: int) -> dict:
+        """eval/loss, eval/token_accuracy and eval/auc over every labelled token of `rows`
+        (eval/auc absent when they are all good or all bad), eval/tokens and eval/rows."""
+        mine: dict[str, tuple[list[float], list[int]]] = {}
+        ds_engine.eval()
+        with torch.no_grad():
+            for chunk in rank_chunks(len(rows), self.train_cfg.micro_batch_size, rank, world):
+                batch = self._collate([rows[i] for i in chunk])
+                logits = ds_engine(**batch.model_inputs).float().cpu()
+                for row_id, row_logits, row_labels in zip(batch.row_ids, logits, batch.labels.cpu()):
+                    labelled = row_labels >= 0
+                    mine[row_id] = (row_logits[labelled].tolist(), row_labels[labelled].tolist())
+        ds_engine.train()
+        gathered: list[dict] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, mine)
+        merged = {row_id: scored for part in gathered for row_id, scored in part.items()}
+        logits = torch.tensor([value for values, _ in merged.values() for value in values])
+        labels = torch.tensor([label for _, labels in merged.values() for label in labels], dtype=torch.float32)
+        everywhere = torch.ones_like(labels)
+        metrics = {"eval/loss": token_bce(logits, labels, everywhere).item(),
+                   "eval/token_accuracy": token_accuracy(logits, labels, everywhere).item(),
+                   "eval/tokens": len(labels), "eval/rows": len(merged)}
+        auc = token_auc(logits, labels)
+        return metrics if auc is None else {**metrics, "eval/auc": auc}
+
+    @staticmethod
+    def progress(metrics: dict) -> str:
+        return f"token accuracy {metrics['token_accuracy']:.3f}"
+
+
+OBJECTIVES = {"preference": PreferenceObjective, "sft": SftObjective, "reward_model": RewardModelObjective}

@@ -24,6 +24,25 @@ def token_bce(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor
     return masked_mean(losses, labelled)
 
 
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Share of the labelled positions whose logit is on its label's side of 0 (> 0: good)."""
+    return masked_mean(((logits > 0) == labels.bool()).float(), labelled)
+
+
+def token_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
+    """ROC AUC of 1-D scores against 0/1 labels: the chance that a good token outscores a bad
+    one, ties counting half (Mann-Whitney's U over n_good * n_bad, from average ranks); None
+    when either class is absent."""
+    scores, good = scores.double(), labels.bool()
+    n_good, n_bad = int(good.sum()), int((~good).sum())
+    if not n_good or not n_bad:
+        return None
+    _, inverse, counts = torch.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = counts.cumsum(0).double() - (counts.double() - 1) / 2  # 1-based, ties averaged
+    u = average_rank[inverse][good].sum().item() - n_good * (n_good + 1) / 2
+    return u / (n_good * n_bad)
+
+
 def shaped_rewards(token_rewards: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
                    beta_kl: float, granularity: Literal["token", "sequence"]) -> torch.Tensor:
     """r_t = RM(t) - beta_kl * (log pi(t) - log pi_ref(t)) at every response token ("token"), or

@@ -1,6 +1,7 @@
-"""DPO / DDPO on pair shards, and SFT on (image, question, answer) rows: Ray Train's
-TorchTrainer runs one DeepSpeed loop on each worker; what it optimises is an objective of
-train/objectives.py.
+"""DPO / DDPO on pair shards, SFT on (image, question, answer) rows and the token-level reward
+model on labelled answers: Ray Train's TorchTrainer runs one DeepSpeed loop on each worker;
+what it optimises is an objective of train/objectives.py, which may also evaluate held-out
+rows after the last step.
 
 Only the policy is in memory: DPO's reference log-probs come precomputed in the shards. For
 DDPO the reference's *weighted* log-probs depend on gamma and the token diff, which the
@@ -55,6 +56,7 @@ CHECKPOINT_RUN = "ds_checkpoint"
 MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 DATASET_KEY = "rows"
+HELDOUT_KEY = "heldout"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class TrainResult:
     wall_seconds: float = 0.0  # how long the call that finished the run took
     # Why nothing was trained (engine.iterate: "no pairs"); model_dir is then the untrained init.
     skipped: str | None = None
+    # The objective's metrics on held-out rows after the last step (the reward model's eval/...).
+    evaluation: dict = field(default_factory=dict)
 
 
 def write_result(result: TrainResult, out_dir: str) -> None:
@@ -114,9 +118,23 @@ def train_sft(cfg: Config, examples, init_model: str, out_dir: str, resume: bool
     return _fit(cfg, "sft", lambda: ray.data.from_arrow(examples), init_model, out_dir, resume, max_steps, 0)
 
 
+def train_reward_model(cfg: Config, rows, heldout, init_model: str, out_dir: str, resume: bool = True,
+                       max_steps: int | None = None) -> TrainResult:
+    """The token-level reward model: `init_model` with a scalar head (engine.reward_model) fitted
+    to the labels of `rows` (engine.schemas.RM_SCHEMA, a pyarrow Table) with cfg.train's
+    optimisation, then evaluated on `heldout` (same schema, possibly empty); resume and
+    max_steps as in train_dpo. The export under out_dir/model loads with
+    engine.reward_model.load_reward_model."""
+    import ray.data
+
+    return _fit(cfg, "reward_model", lambda: ray.data.from_arrow(rows), init_model, out_dir, resume, max_steps, 0,
+                heldout=(lambda: ray.data.from_arrow(heldout)) if heldout.num_rows else None)
+
+
 def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, resume: bool,
-         max_steps: int | None, iteration: int) -> TrainResult:
-    """Run (or resume) the objective's training; `dataset` builds the Ray Dataset of its rows."""
+         max_steps: int | None, iteration: int, heldout=None) -> TrainResult:
+    """Run (or resume) the objective's training; `dataset` builds the Ray Dataset of its rows,
+    `heldout`, when given, that of the rows it evaluates after the last step."""
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = absolute(out_dir)
@@ -129,7 +147,9 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
     if Path(init_model).is_dir():  # a local directory, not a hub id or tiny: name
         init_model = absolute(init_model)
     init_ray(cfg.ray)
-    dataset = dataset()
+    datasets = {DATASET_KEY: dataset()}
+    if heldout is not None:
+        datasets[HELDOUT_KEY] = heldout()
     storage_path, storage_fs = _ray_storage(out_dir)
     resources = {"CPU": train_cfg.cpus_per_worker}
     if train_cfg.use_gpu:
@@ -147,6 +167,7 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
             "max_steps": max_steps,
             "run": cfg.run.name,
             "iteration": iteration,
+            "heldout": heldout is not None,
         },
         scaling_config=ScalingConfig(
             num_workers=train_cfg.num_workers,
@@ -160,7 +181,7 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
             storage_filesystem=storage_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
-        datasets={DATASET_KEY: dataset},
+        datasets=datasets,
         # Every worker gets all rows and takes its part of each global batch (BatchPlan):
         # Ray's streaming split hands out blocks as workers ask, which is not reproducible.
         dataset_config=DataConfig(datasets_to_split=[]),
@@ -206,6 +227,7 @@ def _train_worker(spec: dict) -> dict:
 
     objective_class = OBJECTIVES[spec["objective"]]
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY), objective_class.id_column)
+    heldout = rows_of(ray.train.get_dataset_shard(HELDOUT_KEY), objective_class.id_column) if spec["heldout"] else []
     plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
                      train_cfg.epochs, seed)
     # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
@@ -214,7 +236,8 @@ def _train_worker(spec: dict) -> dict:
     processor = AutoProcessor.from_pretrained(init_dir)
     ds_engine = _deepspeed_engine(train_cfg, init_dir, plan,
                                   bf16=train_cfg.precision == "bf16" and device.type == "cuda",
-                                  multimodal=chat.is_multimodal(processor))
+                                  multimodal=chat.is_multimodal(processor),
+                                  trained_model=lambda model: objective_class.trained_model(model, init_dir, seed))
     float_dtype = torch.bfloat16 if ds_engine.bfloat16_enabled() else torch.float32
     objective = objective_class(train_cfg, spec["sft"], processor, rows, device, float_dtype, seed)
     objective.prepare(ds_engine, plan, rank, world)
@@ -242,6 +265,12 @@ def _train_worker(spec: dict) -> dict:
         else:
             ray.train.report(metrics)
     finished = stop == plan.total_steps
+    evaluation = {}
+    if finished and heldout:
+        evaluation = objective.evaluate(ds_engine, heldout, rank, world)
+        if rank == 0:
+            print("held-out  " + "  ".join(f"{key} {value:.4g}" for key, value in evaluation.items()),
+                  file=sys.__stdout__, flush=True)
     if finished:
         export_model(ds_engine, init_dir, spec["model_url"])
     return {
@@ -250,6 +279,7 @@ def _train_worker(spec: dict) -> dict:
         "started_at_step": start,
         "history": history,
         "metrics": history[-1] if history else {},
+        "evaluation": evaluation,
     }
 
 
@@ -298,8 +328,9 @@ def _deepspeed_config(train_cfg: TrainConfig, bf16: bool) -> dict:
     }
 
 
-def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool):
-    """The policy wrapped by DeepSpeed with AdamW and a warm-up + cosine schedule."""
+def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool, trained_model):
+    """The objective's `trained_model` of the policy wrapped by DeepSpeed with AdamW and a
+    warm-up + cosine schedule."""
     import deepspeed
 
     # The shared-memory all-reduce op is only used for inference and costs a slow JIT build on
@@ -318,6 +349,7 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
+    model = trained_model(model)
     model.train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.learning_rate)
     warmup = math.ceil(train_cfg.warmup_ratio * plan.total_steps)
