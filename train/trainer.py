@@ -37,7 +37,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from transformers.integrations import HfDeepSpeedConfig
 
 from engine import chat
@@ -207,7 +207,7 @@ def _train_worker(spec: dict) -> dict:
     objective_class = OBJECTIVES[spec["objective"]]
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY), objective_class.id_column)
     plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
-                     train_cfg.epochs, seed)
+                     train_cfg.epochs, seed, train_cfg.shuffle)
     # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
     # once: the same directory is loaded here and read again by the export.
     init_dir = resolve_model_path(spec["init_model"], spec["cache_dir"])
@@ -299,7 +299,7 @@ def _deepspeed_config(train_cfg: TrainConfig, bf16: bool) -> dict:
 
 
 def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool):
-    """The policy wrapped by DeepSpeed with AdamW and a warm-up + cosine schedule."""
+    """The policy wrapped by DeepSpeed with AdamW and a warm-up, then train.lr_schedule."""
     import deepspeed
 
     # The shared-memory all-reduce op is only used for inference and costs a slow JIT build on
@@ -320,14 +320,21 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     model.config.use_cache = False
     model.train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.learning_rate)
-    warmup = math.ceil(train_cfg.warmup_ratio * plan.total_steps)
     ds_engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, plan.total_steps),
+        lr_scheduler=lambda opt: _lr_scheduler(opt, train_cfg, plan.total_steps),
         config=ds_config,
     )
     return ds_engine
+
+
+def _lr_scheduler(optimizer, train_cfg: TrainConfig, total_steps: int):
+    """A linear warm-up over train.warmup_ratio of the steps, then train.lr_schedule."""
+    warmup = math.ceil(train_cfg.warmup_ratio * total_steps)
+    if train_cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps, num_cycles=train_cfg.cosine_cycles)
 
 
 def _parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -356,8 +363,8 @@ def _restore(ds_engine, plan) -> tuple[int, list[dict]]:
     if client_state["plan"] != asdict(plan):
         raise ValueError(
             f"the checkpoint in {checkpoint.path} was made with batch plan {client_state['plan']}, this run "
-            f"has {asdict(plan)} (pairs, batch sizes, workers, epochs or seed changed): its data position "
-            "would be wrong. Train with resume=False to start over."
+            f"has {asdict(plan)} (pairs, batch sizes, workers, epochs, shuffle or seed changed): its data "
+            "position would be wrong. Train with resume=False to start over."
         )
     return client_state["step"], client_state["history"]
 
