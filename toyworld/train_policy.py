@@ -16,10 +16,12 @@ Each call builds a fresh AdamW: Adam's moments from the last task would damp the
 
     python -m toyworld.train_policy --seed 0 --out /tmp/toy-policy
 
-The committed models/toy-policy was trained with this recipe by the hand-written torch loop
-this script replaced (same phases, rates, batches and example draws); README.md has both
-models' held-out figures. A re-run repeats its bytes only on a CPU whose kernels round as the
-training machine's did.
+The committed models/toy-policy was trained by the hand-written torch loop this script
+replaced, with the same phases, rates, batches, clipping and example draws; that loop decayed
+every parameter in phase 0 (the trainer spares biases and norms) and multiplied its warm-up
+into the cosine (the trainer's cosine starts after it), so the weights differ. README.md has
+both models' held-out figures. A re-run repeats its bytes only on a CPU whose kernels round as
+the training machine's did.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def phase_overrides(phase: int, seed: int, batch_size: int, threads: int) -> lis
 
 
 def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32, threads: int = 1,
-                 work: str | Path | None = None) -> Path:
+                 work: str | Path | None = None, log=print) -> Path:
     """Train and save the model directory (weights, config, processor) to `out`. Each phase's
     data, checkpoints and model go to <work>/phase-<k> (a temporary directory by default); with
     the same `work`, a re-run of the same call resumes where it stopped."""
@@ -98,7 +100,10 @@ def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32
             if rejects.num_rows:
                 raise PreflightError(f"{rejects.num_rows} toy example(s) of {data} rejected: "
                                      f"{rejects['reason'][0]}: {rejects['detail'][0]}")
-            model_dir = Path(train_sft(cfg, rows, str(model_dir), str(phase_dir)).model_dir)
+            result = train_sft(cfg, rows, str(model_dir), str(phase_dir))
+            log(f"phase {phase}: {result.steps} steps on {rows.num_rows} examples, last loss "
+                f"{result.metrics['loss']:.4f}, {result.wall_seconds:.0f} s")
+            model_dir = Path(result.model_dir)
         shutil.copytree(model_dir, out, dirs_exist_ok=True)
     return Path(out)
 
@@ -117,7 +122,7 @@ def train_policy(seed: int, out: str | Path, phases=PHASES, batch_size: int = 32
 def main(seed: int, out: str, threads: int, work: str | None, steps_scale: float) -> None:
     """Train the toy policy and save it to --out."""
     phases = tuple((max(1, round(steps * steps_scale)), *rest) for steps, *rest in PHASES)
-    click.echo(f"toy policy written to {train_policy(seed, out, phases, threads=threads, work=work)}")
+    click.echo(f"toy policy written to {train_policy(seed, out, phases, threads=threads, work=work, log=click.echo)}")
 
 
 if __name__ == "__main__":
