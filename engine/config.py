@@ -250,13 +250,23 @@ class TrainConfig(_Strict):
         "DPO loss (§5); 0 is the method. It keeps the chosen answers likely while DPO widens the margin."
     ))] = 0.0
     learning_rate: Annotated[Positive, Meta(description=(
-        "AdamW's peak learning rate, cosine-decayed after the warm-up (§5); RLAIF-V's value."))] = 5e-7
+        "AdamW's peak learning rate, reached after the warm-up, then following lr_schedule (§5); RLAIF-V's "
+        "value."))] = 5e-7
+    lr_schedule: Annotated[Literal["cosine", "constant"], Meta(description=(
+        "The rate after the warm-up: \"cosine\" decays it along a cosine (cosine_cycles), \"constant\" "
+        "keeps the peak (e.g. a later phase of a phased recipe)."))] = "cosine"
+    cosine_cycles: Annotated[Positive, Meta(description=(
+        "Cosine periods over the steps after the warm-up (transformers' num_cycles): 0.5 decays to 0 at the "
+        "last step, 0.25 to half the peak rate."))] = 0.5
     weight_decay: Annotated[NonNegative, Meta(description=(
         "AdamW weight decay of the weight matrices; biases and norms get none."))] = 0.01
     warmup_ratio: Annotated[Fraction, Meta(description=(
         "Share of the optimizer steps spent in linear warm-up."))] = 0.05
     epochs: Annotated[AtLeast1, Meta(description=(
         "Passes over each iteration's pairs (configs/a100.toml: 4)."))] = 1
+    shuffle: Annotated[bool, Meta(description=(
+        "Take each epoch's rows in a seeded random order; false takes them in id order every epoch, for a "
+        "file whose order is the recipe (a curriculum, or examples drawn in the order to train on)."))] = True
     micro_batch_size: Annotated[AtLeast1, Meta(description="Pairs per worker per forward and backward.")] = 1
     gradient_accumulation_steps: Annotated[AtLeast1, Meta(description=(
         "Micro-batches per optimizer step: a step sees micro_batch_size x this x num_workers pairs."))] = 1

@@ -1,6 +1,7 @@
-"""The toy world (issue 8): the toy policy script is deterministic and its output loads in the
-engine; the grammar splitter emits the claim JSON the split stage parses; the ablation switches
-change what the sample and score stages ask of their backends; configs/toyworld.toml runs."""
+"""The toy world (issue 8): the toy policy script draws its data from the seed, trains through
+the SFT job deterministically and its output loads in the engine; the grammar splitter emits
+the claim JSON the split stage parses; the ablation switches change what the sample and score
+stages ask of their backends; configs/toyworld.toml runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from engine.backends import make_backend
 from engine.backends.base import Completion, ImageQuestions, Prompt, SamplingParams
 from engine.claims import ClaimsUnparseable, claims_json_schema, parse_claims, splitter_prompt
-from engine.config import ModelConfig, SampleConfig, ScoreConfig, load_config
+from engine.config import ModelConfig, SampleConfig, ScoreConfig, ValidateConfig, load_config
 from engine.instruction_io import CORRECTIONS, read_rows
 from engine.preflight import check_model_path
 from engine.scenes import DESCRIBE, SceneObject, describe
@@ -24,7 +25,10 @@ from engine.stages.score import ScoreStage
 from engine.storage import read_parquet_dir
 from toyworld.sft_data import examples, noisy_description
 from toyworld.splitter import SceneGrammarSplitter
-from toyworld.train_policy import train_policy
+from toyworld.train_policy import train_policy, write_phase_examples
+from train.data import BatchPlan
+from train.sft_data import read_sft_examples
+from train.trainer import read_result
 
 REPO = Path(__file__).resolve().parent.parent
 TOYWORLD = REPO / "configs" / "toyworld.toml"
@@ -78,12 +82,31 @@ def _digest(model_dir: Path) -> str:
     return hashlib.sha256((model_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
-def test_toy_policy_script_is_deterministic_and_loads_in_the_engine(tmp_path):
+def test_toy_phase_examples_are_the_seeds_draws_in_training_order(tmp_path):
+    spec = (3, 2, 0.5, 0.5)
+    urls = [str(tmp_path / f"{name}.parquet") for name in "abc"]
+    for url, seed in zip(urls, (0, 0, 1)):
+        write_phase_examples(random.Random(seed), 1, spec, 4, url)
+    assert Path(urls[0]).read_bytes() == Path(urls[1]).read_bytes() != Path(urls[2]).read_bytes()
+    rows, rejects = read_sft_examples(urls[0], ValidateConfig())
+    rng = random.Random(0)
+    drawn = [example for _ in range(3) for example in examples(rng, 4, 0.5, 2, 0.5)]
+    assert rejects.num_rows == 0
+    assert rows["example_id"].to_pylist() == sorted(rows["example_id"].to_pylist())  # the plan's order
+    assert rows["image"].to_pylist() == [example.png for example in drawn]
+    assert rows["answer"].to_pylist() == [example.response for example in drawn]
+    plan = BatchPlan(rows.num_rows, 4, 1, 1, 1, seed=0, shuffle=False)
+    assert [plan.micro_batches(step, 0) for step in range(3)] == [[[0, 1, 2, 3]], [[4, 5, 6, 7]], [[8, 9, 10, 11]]]
+
+
+@pytest.mark.slow
+def test_toy_policy_script_trains_through_the_sft_job_deterministically(ray_local, tmp_path):
     tiny = ((2, 1, 0.5, 0.0), (2, 4, 0.5, 0.5))
-    first = train_policy(0, tmp_path / "a", phases=tiny, batch_size=4, log=lambda _: None)
-    second = train_policy(0, tmp_path / "b", phases=tiny, batch_size=4, log=lambda _: None)
-    other = train_policy(1, tmp_path / "c", phases=tiny, batch_size=4, log=lambda _: None)
-    assert _digest(first) == _digest(second) != _digest(other)
+    first = train_policy(0, tmp_path / "a", phases=tiny, batch_size=4, work=tmp_path / "work")
+    second = train_policy(0, tmp_path / "b", phases=tiny, batch_size=4)
+    assert _digest(first) == _digest(second)
+    for phase in range(2):  # each phase is an SFT job's run: its result marks it complete
+        assert read_result(str(tmp_path / "work" / f"phase-{phase}")).steps == 2
     backend = make_backend(ModelConfig(path=str(first)), cache_dir="unused")
     image = examples(random.Random(0), 1, 1.0, 1, 0.0)[0].image
     (answers,) = backend.sample([Prompt(image, DESCRIBE)], [[1, 2]], SamplingParams(max_new_tokens=4))

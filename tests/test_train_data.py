@@ -62,6 +62,12 @@ def test_plan_sizes_and_cyclic_fill():
     assert plan.epoch_order(1).tolist() == BatchPlan(10, 2, 2, 1, 3, seed=0).epoch_order(1).tolist()  # seeded
 
 
+def test_an_unshuffled_plan_takes_the_rows_in_order_every_epoch():
+    plan = BatchPlan(n_pairs=5, micro_batch_size=2, accumulation_steps=1, world_size=1, epochs=2, seed=0, shuffle=False)
+    assert plan.epoch_order(0).tolist() == plan.epoch_order(1).tolist() == [0, 1, 2, 3, 4, 0]
+    assert [plan.micro_batches(step, 0) for step in range(3)] == [[[0, 1]], [[2, 3]], [[4, 0]]]
+
+
 def test_plan_global_batches_do_not_depend_on_the_number_of_workers():
     one = BatchPlan(n_pairs=7, micro_batch_size=1, accumulation_steps=4, world_size=1, epochs=2, seed=3)
     four = BatchPlan(n_pairs=7, micro_batch_size=1, accumulation_steps=1, world_size=4, epochs=2, seed=3)

@@ -25,7 +25,7 @@ from engine.config import ModelConfig, load_config
 from engine.schemas import PAIR_SCHEMA, turn_text
 from engine.writer import pair_record
 from train.losses import dpo_loss
-from train.trainer import train_dpo
+from train.trainer import _lr_scheduler, train_dpo
 
 REPO = Path(__file__).resolve().parent.parent
 N_PAIRS = 8
@@ -97,6 +97,24 @@ def assert_same_weights(a: str, b: str, tolerance: float) -> None:
     assert first.keys() == second.keys()
     worst = max((first[key] - second[key]).abs().max().item() for key in first)
     assert worst <= tolerance, f"weights differ by up to {worst}"
+
+
+def test_lr_schedules_after_the_warm_up():
+    def rates(*overrides: str) -> list[float]:
+        optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        scheduler = _lr_scheduler(optimizer, load_config(None, ["train.warmup_ratio=0.2", *overrides]).train, 10)
+        out = []
+        for _ in range(11):
+            out.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return out
+
+    cosine, quarter, constant = rates(), rates("train.cosine_cycles=0.25"), rates("train.lr_schedule=constant")
+    assert cosine[:3] == quarter[:3] == constant[:3] == [0.0, 0.5, 1.0]  # 2 warm-up steps
+    assert cosine[10] == pytest.approx(0.0, abs=1e-12) and quarter[10] == pytest.approx(0.5)
+    assert cosine[6] == pytest.approx(0.5) and quarter[6] == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    assert constant[2:] == [1.0] * 9
 
 
 def test_first_loss_is_log2_because_policy_equals_reference(baseline):

@@ -31,14 +31,14 @@ ALL_OBJECTS = tuple(f"{colour} {shape}" for colour in COLOURS for shape in SHAPE
 
 @dataclass(frozen=True)
 class Example:
-    image: Image.Image
+    png: bytes  # engine.scenes.render's PNG: what an SFT file (engine.schemas.SFT_SCHEMA) carries
     prompt: str
     response: str
 
-
-def scene_image(scene: Scene) -> Image.Image:
-    """The scene as the engine sees it: the PNG of engine.scenes.render, decoded."""
-    return Image.open(io.BytesIO(render(scene))).convert("RGB")
+    @property
+    def image(self) -> Image.Image:
+        """The scene as the engine sees it: the PNG decoded."""
+        return Image.open(io.BytesIO(self.png)).convert("RGB")
 
 
 def near_misses(scene: Scene) -> list[str]:
@@ -66,10 +66,10 @@ def asked_object(scene: Scene, present: bool, rng: random.Random) -> str:
     return rng.choice(scene).name if present else absent_object(scene, rng)
 
 
-def yes_no_example(scene: Scene, image: Image.Image, rng: random.Random) -> Example:
+def yes_no_example(scene: Scene, png: bytes, rng: random.Random) -> Example:
     present = rng.random() < 0.5
     name = asked_object(scene, present, rng)
-    return Example(image, existence_question(name) + QUESTION_SUFFIX, ANSWERS[present])
+    return Example(png, existence_question(name) + QUESTION_SUFFIX, ANSWERS[present])
 
 
 def noisy_description(scene: Scene, rng: random.Random, noise: float) -> str:
@@ -92,9 +92,9 @@ def examples(rng: random.Random, count: int, describe_share: float, max_objects:
     out = []
     for _ in range(count):
         scene = make_scene(rng, max_objects=max_objects)
-        image = scene_image(scene)
+        png = render(scene)
         if rng.random() < describe_share:
-            out.append(Example(image, DESCRIBE, noisy_description(scene, rng, noise)))
+            out.append(Example(png, DESCRIBE, noisy_description(scene, rng, noise)))
         else:
-            out.append(yes_no_example(scene, image, rng))
+            out.append(yes_no_example(scene, png, rng))
     return out

@@ -3,10 +3,10 @@
 - `read_pair_dataset`: an iteration's Parquet pair shards (local dir or fsspec URL) as a Ray
   Dataset, checked before any worker starts.
 - `BatchPlan`: which pairs make each optimizer step's global batch, and which of them each
-  worker's micro-batches take. The order is a seeded permutation per epoch over the pairs
-  sorted by pair_id, so it depends neither on shard layout nor on the number of workers: a
-  resumed run skips exactly the batches already consumed, and N workers see the same global
-  batches as 1 worker with N times the gradient accumulation.
+  worker's micro-batches take. The order is a seeded permutation per epoch (unshuffled: the
+  id order) over the pairs sorted by pair_id, so it depends neither on shard layout nor on the
+  number of workers: a resumed run skips exactly the batches already consumed, and N workers
+  see the same global batches as 1 worker with N times the gradient accumulation.
 - `collate_pairs`: pair rows -> one padded batch of 2B sequences (chosen rows, then rejected
   rows), tokenised by engine.chat exactly as the engine computed the reference log-probs, and
   for DDPO the changed-token masks of train/ddpo_masks.py.
@@ -98,6 +98,7 @@ class BatchPlan:
     world_size: int
     epochs: int
     seed: int
+    shuffle: bool = True  # False: every epoch takes the rows in their (id-sorted) order
 
     def __post_init__(self) -> None:
         for name in ("n_pairs", "micro_batch_size", "accumulation_steps", "world_size", "epochs"):
@@ -117,8 +118,9 @@ class BatchPlan:
         return self.epochs * self.steps_per_epoch
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_pairs)
-        return np.resize(permutation, self.steps_per_epoch * self.global_batch)  # cyclic fill
+        order = (np.random.default_rng([self.seed, epoch]).permutation(self.n_pairs) if self.shuffle
+                 else np.arange(self.n_pairs))
+        return np.resize(order, self.steps_per_epoch * self.global_batch)  # cyclic fill
 
     def micro_batches(self, step: int, rank: int) -> list[list[int]]:
         """Row indices of `rank`'s micro-batches for optimizer step `step` (0-based), in order.

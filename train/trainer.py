@@ -38,7 +38,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
-from transformers import get_cosine_schedule_with_warmup
+from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from transformers.integrations import HfDeepSpeedConfig
 
 from engine import chat
@@ -229,7 +229,7 @@ def _train_worker(spec: dict) -> dict:
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY), objective_class.id_column)
     heldout = rows_of(ray.train.get_dataset_shard(HELDOUT_KEY), objective_class.id_column) if spec["heldout"] else []
     plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
-                     train_cfg.epochs, seed)
+                     train_cfg.epochs, seed, train_cfg.shuffle)
     # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
     # once: the same directory is loaded here and read again by the export.
     init_dir = resolve_model_path(spec["init_model"], spec["cache_dir"])
@@ -259,11 +259,12 @@ def _train_worker(spec: dict) -> dict:
             print(f"train step {step + 1}/{plan.total_steps}  loss {metrics['loss']:.4f}  "
                   f"{objective.progress(metrics)}  {metrics['step_seconds']:.1f} s/step  ETA {eta}",
                   file=sys.__stdout__, flush=True)
+        # Only checkpoints are reported: Ray Train's report queue holds one result and the
+        # controller drains it every health check (2 s), so a report per step made every step
+        # of a small model last 2 s. The metrics are in the history and record_train_step.
         last = step + 1 == stop
         if last or (train_cfg.checkpoint_every_steps and (step + 1) % train_cfg.checkpoint_every_steps == 0):
             _save(ds_engine, step + 1, history, plan, metrics)
-        else:
-            ray.train.report(metrics)
     finished = stop == plan.total_steps
     evaluation = {}
     if finished and heldout:
@@ -324,13 +325,13 @@ def _deepspeed_config(train_cfg: TrainConfig, bf16: bool) -> dict:
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # torch's AdamW: no fused-op JIT build on CPU
         "bf16": {"enabled": bf16},
-        "steps_per_print": 2**31 - 1,  # metrics go to ray.train.report instead
+        "steps_per_print": 2**31 - 1,  # metrics go to the history and engine.metrics instead
     }
 
 
 def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, multimodal: bool, trained_model):
     """The objective's `trained_model` of the policy wrapped by DeepSpeed with AdamW and a
-    warm-up + cosine schedule."""
+    warm-up, then train.lr_schedule."""
     import deepspeed
 
     # The shared-memory all-reduce op is only used for inference and costs a slow JIT build on
@@ -352,14 +353,21 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     model = trained_model(model)
     model.train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.learning_rate)
-    warmup = math.ceil(train_cfg.warmup_ratio * plan.total_steps)
     ds_engine, *_ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        lr_scheduler=lambda opt: get_cosine_schedule_with_warmup(opt, warmup, plan.total_steps),
+        lr_scheduler=lambda opt: _lr_scheduler(opt, train_cfg, plan.total_steps),
         config=ds_config,
     )
     return ds_engine
+
+
+def _lr_scheduler(optimizer, train_cfg: TrainConfig, total_steps: int):
+    """A linear warm-up over train.warmup_ratio of the steps, then train.lr_schedule."""
+    warmup = math.ceil(train_cfg.warmup_ratio * total_steps)
+    if train_cfg.lr_schedule == "constant":
+        return get_constant_schedule_with_warmup(optimizer, warmup)
+    return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps, num_cycles=train_cfg.cosine_cycles)
 
 
 def _parameter_groups(model, weight_decay: float) -> list[dict]:
@@ -388,8 +396,8 @@ def _restore(ds_engine, plan) -> tuple[int, list[dict]]:
     if client_state["plan"] != asdict(plan):
         raise ValueError(
             f"the checkpoint in {checkpoint.path} was made with batch plan {client_state['plan']}, this run "
-            f"has {asdict(plan)} (pairs, batch sizes, workers, epochs or seed changed): its data position "
-            "would be wrong. Train with resume=False to start over."
+            f"has {asdict(plan)} (pairs, batch sizes, workers, epochs, shuffle or seed changed): its data "
+            "position would be wrong. Train with resume=False to start over."
         )
     return client_state["step"], client_state["history"]
 
