@@ -103,11 +103,12 @@ def response_token_ids(processor: Any, prompt: str, response: str, has_image: bo
     return ids[len(ids) - n_response:]
 
 
-def response_char_spans(processor: Any, prompt: str, response: str, has_image: bool) -> list[tuple[int, int]]:
-    """Where each of response_token_ids' tokens lies in `response`, as [start, end) character
-    offsets clipped to it, so that labels given to parts of the text (sentences) can be put on
-    tokens. A token the template writes after the response (end of turn) gets an empty span at
-    its end. Needs a fast tokenizer (offset mapping)."""
+def response_tokens_with_spans(processor: Any, prompt: str, response: str,
+                               has_image: bool) -> tuple[list[int], list[tuple[int, int]]]:
+    """response_token_ids' tokens and where each lies in `response`, as [start, end) character
+    offsets clipped to it, from one encoding, so that labels given to parts of the text
+    (sentences) can be put on tokens. A token the template writes after the response (end of
+    turn) gets an empty span at its end. Needs a fast tokenizer (offset mapping)."""
     tokenizer = tokenizer_of(processor)
     full, n_response = conversation_text(processor, prompt, response, has_image)
     core = response.strip()  # a template may trim the answer
@@ -116,12 +117,12 @@ def response_char_spans(processor: Any, prompt: str, response: str, has_image: b
         raise ValueError(f"the chat template does not write the response {response[:40]!r} verbatim")
     start = found - (len(response) - len(response.lstrip()))
     encoded = tokenizer(full, add_special_tokens=_add_special_tokens(tokenizer, full), return_offsets_mapping=True)
-    offsets = encoded["offset_mapping"][len(encoded["input_ids"]) - n_response:]
+    first = len(encoded["input_ids"]) - n_response
 
     def clip(offset: int) -> int:
         return min(max(offset - start, 0), len(response))
 
-    return [(clip(begin), clip(end)) for begin, end in offsets]
+    return encoded["input_ids"][first:], [(clip(begin), clip(end)) for begin, end in encoded["offset_mapping"][first:]]
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

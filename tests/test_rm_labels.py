@@ -98,11 +98,11 @@ def test_ai_feedback_that_cannot_be_located_or_judged_is_diverted_with_its_reaso
     assert rows["row_id"].to_pylist() == ["kept-1-2"] and set(rows["labels"][0].as_py()) == {1, -1}
 
 
-def test_response_char_spans_cover_the_answer_and_leave_the_end_of_turn_empty(processor):
-    spans = chat.response_char_spans(processor, QUESTION, ANSWER, True)
+def test_response_spans_cover_the_answer_and_leave_the_end_of_turn_empty(processor):
+    token_ids, spans = chat.response_tokens_with_spans(processor, QUESTION, ANSWER, True)
     assert [ANSWER[a:b] for a, b in spans][:3] == ["There", " is", " a"]
-    assert spans[-1] == (len(ANSWER), len(ANSWER)) and len(spans) == len(
-        chat.response_token_ids(processor, QUESTION, ANSWER, True))
+    assert spans[-1] == (len(ANSWER), len(ANSWER))
+    assert token_ids == chat.response_token_ids(processor, QUESTION, ANSWER, True)
 
 
 def rm_rows(groups: list[str]) -> pa.Table:

@@ -104,8 +104,7 @@ def feedback_rm_rows(claims: pa.Table, images: dict[str, tuple[bytes | None, str
             image, _ = checked_row({"read_error": None, "image": image_bytes, "image_uri": image_uri,
                                     "question": row["prompt"], "answer": row["answer"]}, ("question", "answer"),
                                    validate)
-            token_ids = chat.response_token_ids(processor, row["prompt"], row["answer"], True)
-            spans = chat.response_char_spans(processor, row["prompt"], row["answer"], True)
+            token_ids, spans = chat.response_tokens_with_spans(processor, row["prompt"], row["answer"], True)
             kept.append(_rm_row(f"{row['instruction_id']}-{row['iteration']}-{row['answer_index']}",
                                 row["instruction_id"], "ai_feedback", image, row["prompt"], row["answer"], token_ids,
                                 sentence_token_labels(spans, sentences, bad)))
