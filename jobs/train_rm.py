@@ -84,8 +84,6 @@ def main(config_path, overrides, corrections, columns, generation_dir, init_mode
 def _label_rows(cfg, corrections, columns, generation_dir, init_model, out_dir):
     """RM_SCHEMA rows of every source, written to <out>/rm_rows; rows that gave no labels go to
     <out>/rejects with their reason."""
-    from collections import Counter
-
     import pyarrow as pa
     from transformers import AutoProcessor
 
@@ -93,7 +91,7 @@ def _label_rows(cfg, corrections, columns, generation_dir, init_model, out_dir):
     from engine.errors import PreflightError
     from engine.storage import join, write_parquet_atomic
     from engine.tiny_models import resolve_model_path
-    from train.data import read_correction_table
+    from train.data import read_correction_table, repeated_ids
     from train.rm_labels import correction_rm_rows, feedback_rm_rows
 
     processor = AutoProcessor.from_pretrained(resolve_model_path(init_model, cfg.models.cache_dir))
@@ -105,7 +103,7 @@ def _label_rows(cfg, corrections, columns, generation_dir, init_model, out_dir):
         images = instruction_images(cfg, set(claims["instruction_id"].to_pylist()))
         parts.append(feedback_rm_rows(claims, images, processor, cfg.validate))
     rows, rejects = (pa.concat_tables(tables) for tables in zip(*parts))
-    repeated = [row_id for row_id, n in Counter(rows["row_id"].to_pylist()).items() if n > 1]
+    repeated = repeated_ids(rows["row_id"].to_pylist())
     if repeated:
         raise PreflightError(f"label rows repeat an id (e.g. {repeated[0]!r}): do the sources share correction ids?")
     write_parquet_atomic(rows, join(out_dir, "rm_rows", "rows.parquet"))

@@ -258,3 +258,9 @@ def test_bad_correction_rows_are_diverted_with_reasons(tmp_path, model_cache):
         "edits": "unreadable_row", "c.jsonl:6": "unreadable_row"}
     details = dict(zip(rejects["instruction_id"].to_pylist(), rejects["detail"].to_pylist()))
     assert "'edits' does not fit" in details["edits"] and "none.png" in details["lost"]
+
+
+def test_repeated_ids_are_the_ids_seen_more_than_once_sorted():
+    from train.data import repeated_ids
+
+    assert repeated_ids(["b", "a", "c", "b", "a", "b"]) == ["a", "b"] and repeated_ids(iter(["x", "y"])) == []

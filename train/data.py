@@ -20,7 +20,7 @@ import io
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +67,7 @@ def read_pair_dataset(pairs_dir: str):
     ids = [row["pair_id"] for row in ds.select_columns(["pair_id"]).take_all()]
     if not ids:
         raise PairDataError(f"the pair shards in {pairs_dir!r} hold no rows")
-    duplicated = sorted(pair_id for pair_id, count in Counter(ids).items() if count > 1)
+    duplicated = repeated_ids(ids)
     if duplicated:
         raise PairDataError(f"{len(duplicated)} pair_id(s) occur more than once in {pairs_dir!r} "
                             f"(e.g. {duplicated[0]!r}): was a shard written twice?")
@@ -163,6 +163,12 @@ class PairBatch:
                          None if self.changed_mask is None else self.changed_mask.to(device),
                          self.ref_chosen_logps.to(device), self.ref_rejected_logps.to(device),
                          self.pair_ids, self.n_truncated)
+
+
+def repeated_ids(ids: Iterable[str]) -> list[str]:
+    """The ids that occur more than once, sorted: every training set takes an id for one row
+    (the batch plan's order, resumption, the held-out split)."""
+    return sorted(row_id for row_id, count in Counter(ids).items() if count > 1)
 
 
 def inputs_on(model_inputs: dict[str, torch.Tensor], device: torch.device,

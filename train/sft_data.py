@@ -11,7 +11,6 @@ batches for jobs/sft.py.
 from __future__ import annotations
 
 import io
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ from PIL import Image
 from engine.config import SftConfig, ValidateConfig
 from engine.schemas import REJECT_SCHEMA
 from train.augment import augment_example
-from train.data import PairDataError, RowDiverted, checked_row, cut_to, encode_within, inputs_on
+from train.data import PairDataError, RowDiverted, checked_row, cut_to, encode_within, inputs_on, repeated_ids
 
 # A training row: the id the batch plan sorts by, the image bytes, the two texts.
 SFT_ROW_SCHEMA = pa.schema([pa.field("example_id", pa.string()), pa.field("image", pa.binary()),
@@ -50,7 +49,7 @@ def read_sft_examples(url: str, validate: ValidateConfig, columns: dict[str, str
                             "detail": exc.detail, "answer_index": -1, "prompt": row["question"]})
             continue
         kept.append({"example_id": example_id, "image": data, "question": row["question"], "answer": row["answer"]})
-    repeated = [example_id for example_id, n in Counter(row["example_id"] for row in kept).items() if n > 1]
+    repeated = repeated_ids(row["example_id"] for row in kept)
     if repeated:
         raise PairDataError(f"SFT file {url}: example ids repeat (e.g. {repeated[0]!r})")
     return pa.Table.from_pylist(kept, schema=SFT_ROW_SCHEMA), pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
