@@ -75,6 +75,9 @@ class ModelsConfig(_Strict):
     splitter: Annotated[ModelConfig, Meta(description=(
         "The text LLM that splits each answer into claims and yes/no questions (docs/algorithms.md §2)."
     ))] = ModelConfig(path="tiny:llm")
+    reward_model: Annotated[ModelConfig, Meta(description=(
+        "The token-level reward model (jobs/train_rm.py's export) that the reward stage runs for PPO "
+        "(jobs/ppo.py); path \"\" when the run has none."))] = ModelConfig(path="")
     labeler_follows_policy: Annotated[bool, Meta(description=(
         "Self-feedback (RLAIF-V's 12B recipe): iteration k's labeler is iteration k's policy, not "
         "labeler.path, whose other settings still apply."))] = False
@@ -320,6 +323,51 @@ class RmConfig(_Strict):
         "eval/loss, eval/token_accuracy and eval/auc after the last step. 0 evaluates nothing."))] = 0.1
 
 
+class RewardConfig(_Strict):
+    """The reward stage (docs/algorithms.md §9): models.reward_model's reward on every token of
+    each sampled answer, as PPO's rollouts need them."""
+
+    resources: Resources = Resources()
+
+
+class PpoConfig(_Strict):
+    """PPO on per-token rewards (jobs/ppo.py, docs/algorithms.md §9): rounds of rollouts from
+    the current policy, rewards from models.reward_model, then clipped PPO updates of the policy
+    and a value head under [train]'s optimisation settings (learning rate, batch sizes, ZeRO
+    stage, workers)."""
+
+    rounds: Annotated[AtLeast1, Meta(description=(
+        "Rounds of rollouts -> rewards -> PPO epochs -> export; round k samples from round k-1's policy."
+    ))] = 2
+    reward_granularity: Annotated[Literal["token", "sequence"], Meta(description=(
+        "\"token\" (RLHF-V's dense reward): the reward model's value at every answer token. \"sequence\": "
+        "the same model's summed reward given once, on the answer's last token (the seed's comparison)."
+    ))] = "token"
+    beta_kl: Annotated[NonNegative, Meta(description=(
+        "Weight of the per-token KL penalty to the reference: r_t = RM(t) - beta_kl * (log pi - log pi_ref)."
+    ))] = 0.05
+    reference: Annotated[str, Meta(description=(
+        "The frozen reference policy of the KL term; \"\" is models.policy (the first round's policy)."
+    ))] = ""
+    critic: Annotated[str, Meta(description=(
+        "The value model the first round starts from: a reward model directory (jobs/train_rm.py); \"\" "
+        "is models.reward_model, as OpenRLHF initialises its critic. Later rounds continue the last critic."
+    ))] = ""
+    epochs: Annotated[AtLeast1, Meta(description=(
+        "Passes over a round's rollouts (PPO epochs); train.epochs is not used."))] = 2
+    gamma: Annotated[Fraction, Meta(description="GAE discount over answer tokens.")] = 1.0
+    lam: Annotated[Fraction, Meta(description="GAE lambda.")] = 0.95
+    clip_range: Annotated[Positive, Meta(description=(
+        "Policy ratio clip: pi / pi_old within 1 -/+ clip_range."))] = 0.2
+    value_clip_range: Annotated[Positive, Meta(description=(
+        "Value clip: a new value within value_clip_range of the rollout's."))] = 0.2
+    value_coef: Annotated[NonNegative, Meta(description=(
+        "Weight of the value loss beside the policy loss."))] = 0.1
+    whiten_advantages: Annotated[bool, Meta(description=(
+        "Normalise a round's advantages to mean 0 and variance 1 over the answer tokens (TRL, OpenRLHF)."
+    ))] = True
+
+
 class BonConfig(_Strict):
     """Self-feedback Best-of-N (docs/algorithms.md §7): n samples from the trained policy, ranked by
     r(y) = beta / T * (log pi_theta(y|x) - log pi_ref(y|x)), T the response's token count."""
@@ -388,6 +436,8 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     sft: SftConfig = SftConfig()
     rm: RmConfig = RmConfig()
+    reward: RewardConfig = RewardConfig()
+    ppo: PpoConfig = PpoConfig()
     bon: BonConfig = BonConfig()
     eval: EvalConfig = EvalConfig()
 

@@ -188,6 +188,25 @@ RM_SCHEMA = pa.schema(
 )
 
 
+# One sampled answer of a PPO round (jobs/ppo.py, docs/algorithms.md §9): the rollout pass's
+# output, the update's input. `rollout_id` is "<instruction_id>/<answer index>";
+# `token_rewards` holds the reward model's value at each of the answer's tokens as the
+# policy's chat template renders the conversation (engine.chat.response_token_ids, the
+# end-of-turn token included), so they align with the response positions the trainer scores.
+ROLLOUT_SCHEMA = pa.schema(
+    [
+        pa.field("rollout_id", pa.string(), nullable=False),
+        pa.field("instruction_id", pa.string(), nullable=False),
+        pa.field("round", pa.int32(), nullable=False),
+        pa.field("image", pa.binary()),
+        pa.field("prompt", pa.string()),
+        pa.field("answer", pa.string()),
+        pa.field("answer_seed", pa.int64()),
+        pa.field("token_rewards", pa.list_(pa.float32())),
+    ]
+)
+
+
 # A diverted row or answer. answer_index is -1 when the whole instruction was diverted.
 REJECT_SCHEMA = pa.schema(
     [
