@@ -25,8 +25,11 @@ def quiet_ray_data() -> None:
 
 
 def board():
-    """A fresh tally of instructions per stage, as a Ray actor the stages report to."""
+    """A fresh tally of instructions per stage, as a Ray actor the stages report to. It lives on
+    the driver's node: placed on a worker node, it would die with that node, and with it the
+    pass that a lost node should only slow down."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     @ray.remote(num_cpus=0)
     class ProgressBoard:
@@ -39,7 +42,8 @@ def board():
         def counts(self) -> dict[str, int]:
             return dict(self.done)
 
-    return ProgressBoard.remote()
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ProgressBoard.options(scheduling_strategy=here).remote()
 
 
 def readable(value):
@@ -92,7 +96,14 @@ class ProgressPrinter:
     def print_moved(self) -> None:
         import ray
 
-        counts = ray.get(self.tally.counts.remote())
+        if self.tally is None:
+            return
+        try:
+            counts = ray.get(self.tally.counts.remote())
+        except ray.exceptions.RayActorError as exc:  # progress is for people: the pass goes on
+            self.tally = None
+            self.echo(f"  progress lines stop: the tally is gone ({type(exc).__name__})")
+            return
         seconds = time.monotonic() - self.start
         for stage in self.stages:
             done = counts.get(stage, 0)

@@ -24,3 +24,32 @@ def test_metrics_are_rounded_and_a_chair_without_mentions_says_so():
     assert [line.split() for line in lines[:2]] == [["chair_s", "0"], ["mean_words", "12.35"]]
     assert lines[-1].strip() == NO_MENTIONS
     assert NO_MENTIONS.strip() not in "\n".join(format_metrics({"chair_s": 0.1, "mentions": 3}))
+
+
+def test_the_progress_board_counts_and_lives_on_the_driver_node(ray_local):
+    """A board on a worker node would die with it and end the pass (tests/test_autoscaling.py
+    kills one); it is pinned to the driver's node."""
+    import ray
+    from ray._private.state import actors  # the GCS actor table: the state API needs a dashboard
+
+    from engine.progress import board
+
+    tally = board()
+    ray.get([tally.add.remote("sample", 3), tally.add.remote("sample", 2), tally.add.remote("score", 1)])
+    assert ray.get(tally.counts.remote()) == {"sample": 5, "score": 1}
+    assert actors(tally._actor_id.hex())["Address"]["NodeID"] == ray.get_runtime_context().get_node_id()
+
+
+def test_a_lost_tally_stops_the_progress_lines_not_the_pass(ray_local):
+    import ray
+
+    from engine.progress import ProgressPrinter, board
+
+    tally, lines = board(), []
+    ray.get(tally.add.remote("sample", 1))
+    printer = ProgressPrinter(tally, ["sample"], 4, lines.append, interval=3600)
+    printer.print_moved()
+    ray.kill(tally)
+    printer.print_moved()
+    printer.print_moved()
+    assert len(lines) == 2 and "1/4" in lines[0] and lines[1].startswith("  progress lines stop")
