@@ -92,9 +92,19 @@ class Job(click.Command):
             raise OneLineError(str(exc)) from None
 
 
+def tables_help(*tables: str) -> str:
+    """A job's epilog: the config keys of `tables` with their defaults and meanings, as
+    `config show --explain` prints them (click keeps each table's block unwrapped)."""
+    from engine.config import Config
+
+    blocks = config_explained(Config(), tables).strip("\n").split("\n\n")
+    return "Config keys this job adds (set them in the TOML file or with --set):\n\n" + "\n\n".join(
+        "\b\n" + block for block in blocks)
+
+
 # Jobs are registered lazily-imported modules: `rlaifv --help` stays fast and a job's heavy
 # imports (ray, torch, deepspeed) happen only when that job runs.
-JOBS = ("iterate", "generate", "train", "sft", "train_rm", "bon", "evaluate", "correct")
+JOBS = ("iterate", "generate", "train", "sft", "train_rm", "ppo", "bon", "evaluate", "correct")
 
 
 class _JobGroup(click.Group):

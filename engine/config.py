@@ -14,7 +14,7 @@ import re
 import textwrap
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Sequence
 
 import msgspec
 from msgspec import Meta
@@ -656,10 +656,13 @@ _ALLOWED_COLUMN = 44
 _WIDTH = 96
 
 
-def config_explained(config: Config) -> str:
-    """Every key with its value, allowed values and meaning, grouped by table, for a terminal."""
+def config_explained(config: Config, tables: Sequence[str] = ()) -> str:
+    """Every key with its value, allowed values and meaning, grouped by table, for a terminal;
+    with `tables` (e.g. "ppo", "models.reward_model"), only theirs."""
     out = []
     for doc in config_keys(config):
+        if tables and not any(doc.key == table or doc.key.startswith(table + ".") for table in tables):
+            continue
         if doc.table:
             out += ["", f"[{doc.key}]", *_wrapped(doc.description, "  ")]
             continue
