@@ -56,7 +56,7 @@ def _train(cfg: Config, run: RunDir, k: int, n_pairs: int) -> dict:
     return asdict(result)
 
 
-def _evaluate(cfg: Config, model_path: str, out_dir: str) -> dict | None:
+def evaluate_once(cfg: Config, model_path: str, out_dir: str) -> dict | None:
     """Held-out hallucination metrics of one model (engine.evaluation), once: its
     metrics.json, written last, is the completion marker."""
     if not cfg.eval.enabled:
@@ -110,9 +110,9 @@ def run_iterations(cfg: Config, allow_config_change: bool = False,
             summary = {"iteration": k, "policy": policy_path, "generation": generation,
                        "train": {key: value for key, value in train.items() if key != "history"}}
             if k == 0 and cfg.eval.enabled:  # the baseline every later iteration compares with
-                summary["eval_initial"] = _evaluate(cfg_k, policy_path, join(it_dir, EVAL_INITIAL_DIR))
+                summary["eval_initial"] = evaluate_once(cfg_k, policy_path, join(it_dir, EVAL_INITIAL_DIR))
             if cfg.eval.enabled:
-                summary["eval"] = _evaluate(cfg_k, train["model_dir"], join(it_dir, EVAL_DIR))
+                summary["eval"] = evaluate_once(cfg_k, train["model_dir"], join(it_dir, EVAL_DIR))
             write_json_atomic(summary, summary_url)
         echo(format_iteration(summary))
         summaries.append(summary)

@@ -50,6 +50,19 @@ def policy_at(cfg: Config, option: str, path: str | None) -> dict[str, ModelConf
     return {option: msgspec.structs.replace(cfg.models.policy, path=path)}
 
 
+def ppo_models(cfg: Config) -> dict[str, ModelConfig]:
+    """{key: model} of jobs/ppo.py: the policy, the reward model, and the reference and first
+    critic when [ppo] names them (they load with the policy's and the reward model's settings)."""
+    if not cfg.models.reward_model.path:
+        raise PreflightError("models.reward_model.path is empty: PPO needs a reward model (jobs/train_rm.py's export)")
+    models = {"models.policy.path": cfg.models.policy, "models.reward_model.path": cfg.models.reward_model}
+    if cfg.ppo.reference:
+        models["ppo.reference"] = msgspec.structs.replace(cfg.models.policy, path=cfg.ppo.reference)
+    if cfg.ppo.critic:
+        models["ppo.critic"] = msgspec.structs.replace(cfg.models.reward_model, path=cfg.ppo.critic)
+    return models
+
+
 def check_model_path(key: str, model: ModelConfig) -> None:
     """A model path that weights load from must be a tiny: model, an existing local/fsspec
     directory, or a hub id such as `llava-hf/llava-1.5-7b-hf`: any when the hub is allowed,
