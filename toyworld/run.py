@@ -33,13 +33,14 @@ COLUMNS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("cider", "CIDEr"), (
 def seed_config(cfg: Config, seed: int, name: str | None = None) -> Config:
     """cfg for one seed, run under <name or run.name>-seed<seed>, with local paths made
     absolute: Ray Train's workers run in their own directory, where the config's repo-relative
-    models/toy-policy would be taken for a hub id and runs/ would land elsewhere."""
+    models/toy-policy would be taken for a hub id and runs/ would land elsewhere (the same for
+    models/toy-reward-model)."""
     output_dir = cfg.run.output_dir if "://" in cfg.run.output_dir else str(Path(cfg.run.output_dir).resolve())
     run = msgspec.structs.replace(cfg.run, seed=seed, name=f"{name or cfg.run.name}-seed{seed}", output_dir=output_dir)
     models = cfg.models
-    for role in ("policy", "labeler"):
+    for role in ("policy", "labeler", "reward_model"):
         model = getattr(models, role)
-        if Path(model.path).is_dir():
+        if model.path and Path(model.path).is_dir():
             models = msgspec.structs.replace(models, **{role: msgspec.structs.replace(model, path=str(Path(model.path).resolve()))})
     return msgspec.structs.replace(cfg, run=run, models=models)
 
