@@ -19,9 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.config import SftConfig, TrainConfig
+from engine.config import Config, TrainConfig
 from engine.reward_model import with_reward_head
+from engine.storage import join
 from train.data import PairBatch, collate_pairs
+from train.export import MODEL_DIR, export_model
 from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, response_nll, shifted_token_logps, summed_logps
 from train.ppo_losses import token_accuracy, token_auc, token_bce
 from train.rm_data import RmBatch, collate_rm
@@ -37,12 +39,20 @@ def rank_chunks(n_rows: int, micro_batch_size: int, rank: int, world: int) -> li
 
 
 class Objective:
-    """What an objective does by default: train the loaded model as it is, precompute nothing,
-    evaluate nothing."""
+    """What an objective does by default: train the loaded model as it is for train.epochs,
+    precompute nothing, evaluate nothing, export the model."""
 
-    @staticmethod
-    def trained_model(model, init_dir: str, seed: int):
-        """The module DeepSpeed trains, built around the loaded Hugging Face model."""
+    def __init__(self, cfg: Config, processor: Any, rows: list[dict], device, float_dtype, seed: int) -> None:
+        self.cfg, self.train_cfg, self.processor, self.rows = cfg, cfg.train, processor, rows
+        self.device, self.float_dtype, self.seed = device, float_dtype, seed
+
+    @property
+    def epochs(self) -> int:
+        """Passes over the rows: the batch plan's epochs."""
+        return self.train_cfg.epochs
+
+    def trained_model(self, model, init_dir: str):
+        """The module DeepSpeed trains, built around the Hugging Face model loaded from init_dir."""
         return model
 
     def prepare(self, ds_engine, plan, rank: int, world: int) -> None:
@@ -51,6 +61,13 @@ class Objective:
     def evaluate(self, ds_engine, rows: list[dict], rank: int, world: int) -> dict:
         """Metrics on held-out rows after the last step (collective)."""
         return {}
+
+    def export(self, ds_engine, init_dir: str, out_dir: str) -> dict:
+        """Write the trained model under out_dir (collective); returns the TrainResult fields
+        that name what was written."""
+        model_dir = join(out_dir, MODEL_DIR)
+        export_model(ds_engine, init_dir, model_dir)
+        return {"model_dir": model_dir}
 
 
 def token_logps(ds_engine, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -84,10 +101,8 @@ def preference_loss(ds_engine, batch: PairBatch, train_cfg: TrainConfig) -> tupl
 class PreferenceObjective(Objective):
     id_column = "pair_id"
 
-    def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
-                 device, float_dtype, seed: int) -> None:
-        self.train_cfg, self.processor, self.rows = train_cfg, processor, rows
-        self.device, self.float_dtype = device, float_dtype
+    def __init__(self, cfg: Config, processor: Any, rows: list[dict], device, float_dtype, seed: int) -> None:
+        super().__init__(cfg, processor, rows, device, float_dtype, seed)
         # DDPO: pair_id -> (reference weighted logp of chosen, of rejected); DPO uses the shards'.
         self.ref_logps: dict[str, tuple[float, float]] | None = None
 
@@ -129,15 +144,10 @@ class PreferenceObjective(Objective):
 class SftObjective(Objective):
     id_column = "example_id"
 
-    def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
-                 device, float_dtype, seed: int) -> None:
-        self.train_cfg, self.sft_cfg, self.processor, self.rows = train_cfg, sft_cfg, processor, rows
-        self.device, self.float_dtype, self.seed = device, float_dtype, seed
-
     def batch(self, indices: list[int], step: int) -> SftBatch:
         seeds = [(self.seed, step, i) for i in indices]  # the same draws on a resumed run
         batch = collate_sft([self.rows[i] for i in indices], self.processor, self.train_cfg.max_length,
-                            self.sft_cfg, seeds)
+                            self.cfg.sft, seeds)
         return batch.to(self.device, self.float_dtype)
 
     def loss(self, ds_engine, batch: SftBatch):
@@ -154,12 +164,9 @@ class SftObjective(Objective):
 
 class RewardModelObjective(Objective):
     id_column = "row_id"
-    trained_model = staticmethod(with_reward_head)
 
-    def __init__(self, train_cfg: TrainConfig, sft_cfg: SftConfig, processor: Any, rows: list[dict],
-                 device, float_dtype, seed: int) -> None:
-        self.train_cfg, self.processor, self.rows = train_cfg, processor, rows
-        self.device, self.float_dtype = device, float_dtype
+    def trained_model(self, model, init_dir: str):
+        return with_reward_head(model, init_dir, self.seed)
 
     def _collate(self, rows: list[dict]) -> RmBatch:
         return collate_rm(rows, self.processor, self.train_cfg.max_length).to(self.device, self.float_dtype)
