@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -53,7 +54,7 @@ from engine.storage import absolute, exists, filesystem, join, read_json, write_
 from engine.tiny_models import resolve_model_path
 from train.data import BatchPlan, read_pair_dataset, rows_of
 from train.export import CRITIC_DIR, MODEL_DIR, is_local
-from train.objectives import OBJECTIVES
+from train.objectives import OBJECTIVES, critic_init
 
 CHECKPOINT_RUN = "ds_checkpoint"
 RESULT_FILE = "train_result.json"
@@ -132,6 +133,26 @@ def train_reward_model(cfg: Config, rows, heldout, init_model: str, out_dir: str
 
     return _fit(cfg, "reward_model", lambda: ray.data.from_arrow(rows), init_model, out_dir, resume, max_steps, 0,
                 heldout=(lambda: ray.data.from_arrow(heldout)) if heldout.num_rows else None)
+
+
+def train_ppo(cfg: Config, rollouts: pa.Table, init_model: str, out_dir: str, resume: bool = True,
+              max_steps: int | None = None) -> TrainResult:
+    """One PPO update (jobs/ppo.py's round): `init_model`, the policy that sampled `rollouts`
+    (engine.schemas.ROLLOUT_SCHEMA, one round's, rewarded), trained for ppo.epochs passes over
+    them with cfg.train's optimisation, beside a critic that starts from ppo.critic ("":
+    models.reward_model) against the frozen ppo.reference ("": models.policy). resume and
+    max_steps as in train_dpo. The policy is exported to out_dir/model like every trained
+    model, the critic to out_dir/critic (result.critic_dir) for
+    engine.reward_model.load_reward_model, so that the next round can continue it (with
+    ppo.critic set to it). The steps' metrics are recorded under the rollouts' round."""
+    import ray.data
+
+    from train.ppo_data import check_rollouts
+
+    critic_init(cfg)  # refused here rather than in every worker
+    rollout_round = check_rollouts(rollouts)
+    return _fit(cfg, "ppo", lambda: ray.data.from_arrow(rollouts), init_model, out_dir, resume, max_steps,
+                rollout_round)
 
 
 def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, resume: bool,
