@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from engine import chat
-from engine.config import SftConfig, load_config
+from engine.config import load_config
 from engine.reward_model import HEAD_FILE, load_reward_model, score_tokens, with_reward_head
 from engine.schemas import RM_SCHEMA
 from train.objectives import RewardModelObjective
@@ -77,7 +77,7 @@ def independent_bce(init_with_head, processor, rows: pa.Table) -> float:
 
 
 def objective(processor, rows: pa.Table) -> RewardModelObjective:
-    return RewardModelObjective(load_config(None).train, SftConfig(), processor, rows.to_pylist(), torch.device("cpu"),
+    return RewardModelObjective(load_config(None), processor, rows.to_pylist(), torch.device("cpu"),
                                 torch.float32, seed=0)
 
 

@@ -90,7 +90,7 @@ def sft_rows(n: int) -> list[dict]:
 def test_the_loss_is_transformers_own_nll_over_the_answer_tokens(tiny_llava_dir):
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
-    objective = SftObjective(load_config(None).train, SftConfig(), processor, sft_rows(3), torch.device("cpu"),
+    objective = SftObjective(load_config(None), processor, sft_rows(3), torch.device("cpu"),
                              torch.float32, seed=0)
     batch = objective.batch([0, 1, 2], step=0)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_sft_job_loss_starts_at_the_models_nll_and_falls(model_cache, tiny_llava
     # Step 0's loss is the initial model's NLL over every answer token (one global batch of all 8).
     processor = AutoProcessor.from_pretrained(tiny_llava_dir)
     model = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir, dtype=torch.float32).eval()
-    objective = SftObjective(load_config(None).train, SftConfig(), processor, rows, torch.device("cpu"),
+    objective = SftObjective(load_config(None), processor, rows, torch.device("cpu"),
                              torch.float32, seed=0)
     batch = objective.batch(list(range(8)), step=0)
     with torch.no_grad():

@@ -23,6 +23,8 @@ from engine.storage import filesystem
 # Written by save_pretrained from the trained model; everything else comes from the init dir.
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 _MODEL_FILES = ("config.json", "generation_config.json")
+# A training run's exports under its output directory: the trained model, and PPO's critic.
+MODEL_DIR, CRITIC_DIR = "model", "critic"
 
 
 def full_state_dict(ds_engine) -> dict[str, torch.Tensor] | None:
@@ -89,15 +91,29 @@ def publish_dir(local_dir: str | Path, url: str) -> None:
 
 def export_model(ds_engine, init_dir: str, out_url: str) -> None:
     """Collective: gather the weights, then rank 0 writes the model directory to out_url."""
+    export_parts(ds_engine, {"": (init_dir, out_url)})
+
+
+def export_parts(ds_engine, parts: dict[str, tuple[str, str]]) -> None:
+    """Collective: gather the weights once, then rank 0 writes each named submodule of the
+    trained module ("" the whole of it) as a model directory: {name: (the directory it was
+    loaded from, the URL to write)}. PPO's module exports its policy and its critic apart."""
     state_dict = full_state_dict(ds_engine)
     if dist.get_rank() == 0:
-        fs, path = filesystem(out_url)
-        local_parent = Path(path).parent if is_local(fs) else Path(tempfile.gettempdir())
-        local_parent.mkdir(parents=True, exist_ok=True)
-        staging = local_parent / f".{Path(path).name}.tmp-{uuid.uuid4().hex}"
-        try:
-            save_model_dir(ds_engine.module, state_dict, init_dir, staging)
-            publish_dir(staging, out_url)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        for name, (init_dir, out_url) in parts.items():
+            prefix = f"{name}." if name else ""
+            weights = {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
+            _publish_model_dir(ds_engine.module.get_submodule(name), weights, init_dir, out_url)
     dist.barrier()
+
+
+def _publish_model_dir(model, state_dict: dict[str, torch.Tensor], init_dir: str, out_url: str) -> None:
+    fs, path = filesystem(out_url)
+    local_parent = Path(path).parent if is_local(fs) else Path(tempfile.gettempdir())
+    local_parent.mkdir(parents=True, exist_ok=True)
+    staging = local_parent / f".{Path(path).name}.tmp-{uuid.uuid4().hex}"
+    try:
+        save_model_dir(model, state_dict, init_dir, staging)
+        publish_dir(staging, out_url)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

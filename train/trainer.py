@@ -1,12 +1,14 @@
-"""DPO / DDPO on pair shards, SFT on (image, question, answer) rows and the token-level reward
-model on labelled answers: Ray Train's TorchTrainer runs one DeepSpeed loop on each worker;
-what it optimises is an objective of train/objectives.py, which may also evaluate held-out
-rows after the last step.
+"""DPO / DDPO on pair shards, SFT on (image, question, answer) rows, the token-level reward
+model on labelled answers and PPO on rewarded rollouts: Ray Train's TorchTrainer runs one
+DeepSpeed loop on each worker; what it optimises is an objective of train/objectives.py, which
+may also evaluate held-out rows after the last step.
 
-Only the policy is in memory: DPO's reference log-probs come precomputed in the shards. For
-DDPO the reference's *weighted* log-probs depend on gamma and the token diff, which the
+For DPO only the policy is in memory: its reference log-probs come precomputed in the shards.
+For DDPO the reference's *weighted* log-probs depend on gamma and the token diff, which the
 shards do not carry, so they are computed once, before the first update, by the policy
-itself (at step 0 the policy is the reference).
+itself (at step 0 the policy is the reference). PPO trains the policy and its critic in one
+engine and holds its frozen reference only while it scores the rollouts, before the first
+update.
 
 Precision: train.precision = "bf16" applies on GPU (DeepSpeed bf16, fp32 master weights);
 CPU workers always train in fp32 with gloo, one thread per CPU of train.cpus_per_worker.
@@ -15,6 +17,7 @@ CPU workers always train in fp32 with gloo, one thread per CPU of train.cpus_per
                            train.checkpoint_every_steps steps and at the end, with the step,
                            the batch plan and the metric history; a new call resumes there
 <out_dir>/model/           the trained model in Hugging Face format (train/export.py)
+<out_dir>/critic/          PPO's trained critic, a reward-model directory (engine/reward_model.py)
 <out_dir>/train_result.json  written last: training is complete
 """
 
@@ -30,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import ray.train
 import ray.train.torch
 import torch
@@ -49,11 +53,10 @@ from engine.ray_runtime import init_ray
 from engine.storage import absolute, exists, filesystem, join, read_json, write_json_atomic
 from engine.tiny_models import resolve_model_path
 from train.data import BatchPlan, read_pair_dataset, rows_of
-from train.export import export_model, is_local
-from train.objectives import OBJECTIVES
+from train.export import CRITIC_DIR, MODEL_DIR, is_local
+from train.objectives import OBJECTIVES, critic_init
 
 CHECKPOINT_RUN = "ds_checkpoint"
-MODEL_DIR = "model"
 RESULT_FILE = "train_result.json"
 DATASET_KEY = "rows"
 HELDOUT_KEY = "heldout"
@@ -73,6 +76,7 @@ class TrainResult:
     skipped: str | None = None
     # The objective's metrics on held-out rows after the last step (the reward model's eval/...).
     evaluation: dict = field(default_factory=dict)
+    critic_dir: str | None = None  # PPO: the trained critic, a reward-model directory
 
 
 def write_result(result: TrainResult, out_dir: str) -> None:
@@ -131,6 +135,26 @@ def train_reward_model(cfg: Config, rows, heldout, init_model: str, out_dir: str
                 heldout=(lambda: ray.data.from_arrow(heldout)) if heldout.num_rows else None)
 
 
+def train_ppo(cfg: Config, rollouts: pa.Table, init_model: str, out_dir: str, resume: bool = True,
+              max_steps: int | None = None) -> TrainResult:
+    """One PPO update (jobs/ppo.py's round): `init_model`, the policy that sampled `rollouts`
+    (engine.schemas.ROLLOUT_SCHEMA, one round's, rewarded), trained for ppo.epochs passes over
+    them with cfg.train's optimisation, beside a critic that starts from ppo.critic ("":
+    models.reward_model) against the frozen ppo.reference ("": models.policy). resume and
+    max_steps as in train_dpo. The policy is exported to out_dir/model like every trained
+    model, the critic to out_dir/critic (result.critic_dir) for
+    engine.reward_model.load_reward_model, so that the next round can continue it (with
+    ppo.critic set to it). The steps' metrics are recorded under the rollouts' round."""
+    import ray.data
+
+    from train.ppo_data import check_rollouts
+
+    critic_init(cfg)  # refused here rather than in every worker
+    rollout_round = check_rollouts(rollouts)
+    return _fit(cfg, "ppo", lambda: ray.data.from_arrow(rollouts), init_model, out_dir, resume, max_steps,
+                rollout_round)
+
+
 def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, resume: bool,
          max_steps: int | None, iteration: int, heldout=None) -> TrainResult:
     """Run (or resume) the objective's training; `dataset` builds the Ray Dataset of its rows,
@@ -139,7 +163,7 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
     out_dir = absolute(out_dir)
     if not resume:
-        _remove(out_dir, (RESULT_FILE, MODEL_DIR, CHECKPOINT_RUN))
+        _remove(out_dir, (RESULT_FILE, MODEL_DIR, CRITIC_DIR, CHECKPOINT_RUN))
     elif (finished := read_result(out_dir)) is not None:
         return finished
     started = time.perf_counter()
@@ -157,13 +181,12 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={
-            "train": train_cfg,  # a msgspec Struct: it pickles as it is
-            "sft": cfg.sft,
+            "config": cfg,  # a msgspec Struct: it pickles as it is
             "objective": objective,
             "seed": cfg.run.seed,
             "init_model": init_model,
             "cache_dir": absolute(cfg.models.cache_dir),
-            "model_url": join(out_dir, MODEL_DIR),
+            "out_dir": out_dir,
             "max_steps": max_steps,
             "run": cfg.run.name,
             "iteration": iteration,
@@ -214,7 +237,7 @@ def _ray_storage(out_dir: str):
 
 def _train_worker(spec: dict) -> dict:
     """One worker's DeepSpeed loop. Returns the result (rank 0's is the run's)."""
-    train_cfg: TrainConfig = spec["train"]
+    train_cfg: TrainConfig = spec["config"].train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -228,18 +251,18 @@ def _train_worker(spec: dict) -> dict:
     objective_class = OBJECTIVES[spec["objective"]]
     rows = rows_of(ray.train.get_dataset_shard(DATASET_KEY), objective_class.id_column)
     heldout = rows_of(ray.train.get_dataset_shard(HELDOUT_KEY), objective_class.id_column) if spec["heldout"] else []
-    plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
-                     train_cfg.epochs, seed, train_cfg.shuffle)
     # Resolved on the worker's own node (a hub snapshot or remote model is local files there),
     # once: the same directory is loaded here and read again by the export.
     init_dir = resolve_model_path(spec["init_model"], spec["cache_dir"])
     processor = AutoProcessor.from_pretrained(init_dir)
-    ds_engine = _deepspeed_engine(train_cfg, init_dir, plan,
-                                  bf16=train_cfg.precision == "bf16" and device.type == "cuda",
-                                  multimodal=chat.is_multimodal(processor),
-                                  trained_model=lambda model: objective_class.trained_model(model, init_dir, seed))
-    float_dtype = torch.bfloat16 if ds_engine.bfloat16_enabled() else torch.float32
-    objective = objective_class(train_cfg, spec["sft"], processor, rows, device, float_dtype, seed)
+    bf16 = train_cfg.precision == "bf16" and device.type == "cuda"
+    objective = objective_class(spec["config"], processor, rows, device, torch.bfloat16 if bf16 else torch.float32,
+                                seed)
+    plan = BatchPlan(len(rows), train_cfg.micro_batch_size, train_cfg.gradient_accumulation_steps, world,
+                     objective.epochs, seed, train_cfg.shuffle)
+    ds_engine = _deepspeed_engine(train_cfg, init_dir, plan, bf16=bf16, multimodal=chat.is_multimodal(processor),
+                                  trained_model=lambda model: objective.trained_model(model, init_dir))
+    # Before the checkpoint is restored: what prepare computes comes from the initial weights.
     objective.prepare(ds_engine, plan, rank, world)
 
     start, history = _restore(ds_engine, plan)
@@ -272,10 +295,9 @@ def _train_worker(spec: dict) -> dict:
         if rank == 0:
             print("held-out  " + "  ".join(f"{key} {value:.4g}" for key, value in evaluation.items()),
                   file=sys.__stdout__, flush=True)
-    if finished:
-        export_model(ds_engine, init_dir, spec["model_url"])
     return {
-        "model_dir": spec["model_url"] if finished else None,
+        "model_dir": None,
+        **(objective.export(ds_engine, init_dir, spec["out_dir"]) if finished else {}),
         "steps": stop,
         "started_at_step": start,
         "history": history,
@@ -346,11 +368,11 @@ def _deepspeed_engine(train_cfg: TrainConfig, init_dir: str, plan, bf16: bool, m
     zero3_loading = HfDeepSpeedConfig(ds_config) if train_cfg.zero_stage == 3 else None
     model_class = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     model = model_class.from_pretrained(init_dir, dtype=torch.float32)
-    del zero3_loading  # loading is done; transformers' other ZeRO-3 paths (resizing) stay off
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.config.use_cache = False
-    model = trained_model(model)
+    model = trained_model(model)  # what it loads besides (PPO's critic) is partitioned as well
+    del zero3_loading  # loading is done; transformers' other ZeRO-3 paths (resizing) stay off
     model.train()
     optimizer = torch.optim.AdamW(_parameter_groups(model, train_cfg.weight_decay), lr=train_cfg.learning_rate)
     ds_engine, *_ = deepspeed.initialize(
