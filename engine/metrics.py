@@ -33,6 +33,11 @@ TRAIN_GAUGES: dict[str, tuple[str, str]] = {
     "train_reward_margin": ("rewards/margins", "mean implicit reward of chosen minus rejected"),
     "train_learning_rate": ("learning_rate", "learning rate of the last optimizer step"),
     "train_step_seconds": ("step_seconds", "wall time of the last optimizer step"),
+    # PPO (jobs/ppo.py), under TRL's metric names; a DPO step carries none of them.
+    "train_ppo_scores": ("objective/scores", "PPO: mean summed reward-model score of the round's answers"),
+    "train_ppo_kl": ("objective/kl", "PPO: mean summed log pi - log pi_ref of the round's answers"),
+    "train_ppo_policy_clipfrac": ("policy/clipfrac", "PPO: share of answer tokens whose ratio was clipped"),
+    "train_ppo_value_loss": ("loss/value_avg", "PPO: clipped value loss of the last optimizer step"),
 }
 TRAIN_COUNTERS: dict[str, str] = {"train_steps": "optimizer steps done (rate() = steps/s)"}
 

@@ -22,6 +22,7 @@ from fixtures_ray import ray_head as start_ray_head
 
 from engine.metrics import TRAIN_GAUGES, prometheus_name
 from train.losses import dpo_loss
+from train.ppo_losses import ppo_policy_loss, value_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 # The modules Ray's metrics agent (ray.dashboard.modules.reporter) imports beyond ray[data].
@@ -77,8 +78,10 @@ def test_smoke_generation_exports_engine_and_training_metrics(ray_head, model_ca
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert generate.returncode == 0, generate.stdout[-3000:] + generate.stderr[-3000:]
     # The trainer's call, in a Ray worker on the same head: as rank 0 of Ray Train runs it.
+    # One step dict with every training gauge's key (a DPO step and a PPO step each set theirs).
     step = {"loss": 0.69, "rewards/accuracies": 0.5, "rewards/margins": 0.01, "learning_rate": 5e-7,
-            "step_seconds": 1.5}
+            "step_seconds": 1.5, "objective/scores": 1.2, "objective/kl": 0.03, "policy/clipfrac": 0.1,
+            "loss/value_avg": 0.05}
     train = subprocess.run(
         [sys.executable, "-c",
          "import ray; from engine.metrics import record_train_step; ray.init(); "
@@ -103,6 +106,12 @@ def test_trainer_metrics_carry_every_key_the_training_gauges_read():
     loss, metrics = dpo_loss(chosen, rejected, chosen - 0.5, rejected, beta=0.1)
     # The trainer adds these two to dpo_loss's dict before recording (train/trainer.py).
     available = {"loss", *metrics, "learning_rate", "step_seconds"}
+    # PPO's step (train.objectives.PpoObjective.loss): the two losses' metrics and its own.
+    values, mask = torch.zeros(1, 2), torch.ones(1, 2)
+    _, policy_metrics = ppo_policy_loss(values, values, values, mask, clip=0.2)
+    _, value_metrics = value_loss(values, values, values, mask, clip=0.2)
+    available |= {*policy_metrics, *value_metrics, "objective/kl", "objective/scores", "objective/entropy",
+                  "loss/policy_avg", "loss/value_avg"}
     assert {key for key, _ in TRAIN_GAUGES.values()} <= available
 
 
