@@ -7,4 +7,4 @@ HEAD_FILE = "reward_head/score.safetensors"
 # by the config's model_type: inside the converted language model of a multimodal model. Only the
 # families whose rewards were checked against score_tokens are listed
 # (tests/test_reward_model_vllm.py); vllm_view refuses the others, and so does preflight.
-VLLM_HEAD_PREFIXES = {"llava": "language_model."}
+VLLM_HEAD_PREFIXES = {"llava": "language_model.", "qwen2_vl": "language_model."}

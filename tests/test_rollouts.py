@@ -179,10 +179,10 @@ def test_a_rollout_dir_of_another_round_is_refused(rollout_run):
 
 def test_preflight_refuses_a_job_s_reward_model_in_one_line(reward_model_dir, tiny_llava_dir, tmp_path):
     key = "models.reward_model.path"
-    unverified = tmp_path / "qwen-rm"
+    unverified = tmp_path / "smolvlm-rm"
     (unverified / HEAD_FILE).parent.mkdir(parents=True)
     (unverified / HEAD_FILE).write_bytes(b"")
-    (unverified / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    (unverified / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
     cases = {
         "": f"{key} is empty, but this job runs the reward stage",
         tiny_llava_dir: f"has no {HEAD_FILE}: it is not a reward model",
@@ -194,7 +194,7 @@ def test_preflight_refuses_a_job_s_reward_model_in_one_line(reward_model_dir, ti
             check_reward_model(key, ModelConfig(path=path))
         assert "\n" not in str(err.value)
     with pytest.raises(PreflightError, match="models.reward_model.backend = 'vllm' is verified for reward models of "
-                                             "model type 'llava' only, not 'qwen2_vl'"):
+                                             "model type 'llava', 'qwen2_vl' only, not 'smolvlm'"):
         check_reward_model(key, ModelConfig(path=str(unverified), backend="vllm"))
     with pytest.raises(PreflightError, match="backend = 'toy-grammar' cannot serve a reward model"):
         check_reward_model(key, ModelConfig(path=reward_model_dir, backend="toy-grammar"))
