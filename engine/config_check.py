@@ -27,15 +27,19 @@ def check_config(cfg: Config) -> None:
 
 
 def check_stages(cfg: Config) -> None:
-    """Every stage of the generation and Best-of-N passes, from their stage lists: its actor
-    range, its GPUs against its model's tensor parallelism, and the settings its constructor
-    builds (decoding parameters), so a value it would refuse fails here, not in an actor."""
+    """Every stage of the generation, Best-of-N and rollout passes, from their stage lists: its
+    actor range, its GPUs against its model's tensor parallelism, and the settings its
+    constructor builds (decoding parameters), so a value it would refuse fails here, not in an
+    actor. Whether a job that runs the reward stage has a reward model is preflight's
+    (engine.preflight.check_reward_model): the other jobs need none."""
     from engine.bon import bon_models
     from engine.bon_pass import BON_STAGES
     from engine.pipeline import STAGES, generation_models
+    from engine.rollouts import ROLLOUT_STAGES, rollout_models
 
     for stages, models, model_key in ((STAGES, generation_models(cfg), "models.{role}"),
-                                      (BON_STAGES, bon_models(cfg), "models.policy")):
+                                      (BON_STAGES, bon_models(cfg), "models.policy"),
+                                      (ROLLOUT_STAGES, rollout_models(cfg), "models.{role}")):
         for spec in stages:
             section = getattr(cfg, spec.section)
             check_actor_range(spec.section, section.resources)

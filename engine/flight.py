@@ -56,6 +56,8 @@ FLIGHT_SCHEMA = pa.schema(
         pa.field("ref_logps", pa.list_(pa.float64())),
         pa.field("rewards", pa.list_(pa.float64())),
         pa.field("best_answer", pa.int32()),
+        # Reward stage (engine.stages.reward): per answer, the reward model's value at each token.
+        pa.field("token_rewards", pa.list_(pa.list_(pa.float32()))),
         # Busy seconds each stage spent on this row (its batch time shared over the batch's rows),
         # in stage order: the written stats rows flatten it to one column per stage.
         pa.field("stage_seconds", pa.list_(STAGE_SECONDS)),

@@ -40,20 +40,22 @@ def pass_settings(cfg: Config, iteration: int, policy: ModelConfig, stages: Sequ
     return {"iteration": iteration, "run": {"seed": cfg.run.seed}, **{name: data[name] for name in sections}}
 
 
-def claim_output_dir(out_dir: str, settings: dict) -> None:
+def claim_output_dir(out_dir: str, settings: dict, kind: str = "generation", marker: str = START_MARKER,
+                     outputs: Sequence[str] = PASS_OUTPUTS) -> None:
     """Write the start marker of a new pass, or check that out_dir's outputs are this pass's. A
     marker over no outputs (a pass that failed before writing any) is replaced: nothing stale
-    would be mixed in, and the corrected command must not be refused."""
-    marker = join(out_dir, START_MARKER)
-    found = [name for name in PASS_OUTPUTS if exists(join(out_dir, name))]
-    if found and exists(marker):
-        changed = changed_keys(read_json(marker), settings)
+    would be mixed in, and the corrected command must not be refused. `kind`, `marker` and
+    `outputs` name another kind of pass with the same rule (engine.rollouts)."""
+    marker_url = join(out_dir, marker)
+    found = [name for name in outputs if exists(join(out_dir, name))]
+    if found and exists(marker_url):
+        changed = changed_keys(read_json(marker_url), settings)
         if changed:
-            raise OutputDirInUse(f"{out_dir} holds another generation pass's outputs (it differs in "
+            raise OutputDirInUse(f"{out_dir} holds another {kind} pass's outputs (it differs in "
                                  f"{', '.join(changed)}): give a new output directory, or delete this one")
         return
     if found:
-        raise OutputDirInUse(f"{out_dir} holds generation outputs ({', '.join(found)}) without the start marker "
-                             f"{START_MARKER} that says which pass wrote them: give a new output directory, "
+        raise OutputDirInUse(f"{out_dir} holds {kind} outputs ({', '.join(found)}) without the start marker "
+                             f"{marker} that says which pass wrote them: give a new output directory, "
                              "or delete this one")
-    write_json_atomic(settings, marker)
+    write_json_atomic(settings, marker_url)

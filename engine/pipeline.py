@@ -88,8 +88,9 @@ def map_stages(ds, stages: Sequence[StageSpec], cfg: Config, context: RunContext
     if stages:
         ds = in_blocks_of(ds, resources[stages[0].name].batch_size)
     for spec in stages:
-        backends = {role: BackendFactory(models[role], context.cache_dir) for role in spec.models}
-        in_flight = batches_in_flight(models[role] for role in spec.models)
+        kind = spec.stage_class.backend_kind
+        backends = {role: BackendFactory(models[role], context.cache_dir, kind) for role in spec.models}
+        in_flight = batches_in_flight((models[role] for role in spec.models), kind)
         ds = ds.map_batches(
             spec.stage_class,
             fn_constructor_kwargs={"cfg": getattr(cfg, spec.section), "context": context, "backends": backends,
@@ -148,6 +149,19 @@ def done_instruction_ids(out_dir: str, stages: Sequence[StageSpec] = STAGES) -> 
     return frozenset(stats["instruction_id"].to_pylist())
 
 
+def write_pass(ds, sink, title: str, cfg: Config, names: Sequence[str], done: frozenset[str], tally,
+               echo: Callable[[str], None] | None) -> None:
+    """Execute a pass's plan into its sink; with `echo`, a first line (`title`, the instructions
+    to do and those done before) and the progress lines of engine.progress while it runs."""
+    if echo is None:
+        ds.write_datasink(sink)
+        return
+    total = count_instructions(cfg.input) - len(done)
+    echo(f"{title}: {total} instructions" + (f" ({len(done)} done before)" if done else ""))
+    with ProgressPrinter(tally, (VALIDATE_STAGE, *names), total, echo):
+        ds.write_datasink(sink)
+
+
 def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfig | None = None,
                    stages: Sequence[StageSpec] = STAGES, echo: Callable[[str], None] | None = None) -> dict:
     """Run one generation pass into out_dir (resuming an earlier partial run of the same pass
@@ -163,14 +177,8 @@ def generate_pairs(cfg: Config, iteration: int, out_dir: str, policy: ModelConfi
     done = done_instruction_ids(out_dir, stages)
     tally = board() if echo else None
     ds = plan_generation(cfg, iteration, policy, done, stages, tally)
-    sink = IterationSink(out_dir, iteration, policy.path, names)
-    if echo is None:
-        ds.write_datasink(sink)
-    else:
-        total = count_instructions(cfg.input) - len(done)
-        echo(f"generation, iteration {iteration}: {total} instructions" + (f" ({len(done)} done before)" if done else ""))
-        with ProgressPrinter(tally, (VALIDATE_STAGE, *names), total, echo):
-            ds.write_datasink(sink)
+    write_pass(ds, IterationSink(out_dir, iteration, policy.path, names), f"generation, iteration {iteration}",
+               cfg, names, done, tally, echo)
     balance = finalize_pairs(out_dir, cfg.pair)
     write_pair_card(out_dir, cfg, iteration, policy.path, balance)
     summary = summarize_generation(

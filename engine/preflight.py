@@ -9,21 +9,24 @@ from typing import Mapping
 import msgspec
 
 from engine import hub
-from engine.backends import WEIGHT_BACKENDS
+from engine.backends import REWARD_BACKENDS, WEIGHT_BACKENDS
 from engine.config import Config, ModelConfig
 from engine.config_check import check_config
 from engine.errors import PreflightError
 from engine.inputs import check_unique_ids
-from engine.storage import exists
-
+from engine.reward_layout import HEAD_FILE, VLLM_HEAD_PREFIXES
+from engine.storage import exists, join, read_json
 
 
 def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
-              models: Mapping[str, ModelConfig] | None = None) -> None:
+              models: Mapping[str, ModelConfig] | None = None,
+              reward_models: Mapping[str, ModelConfig] | None = None) -> None:
     """check_config, then every input and model path the job reads, each keyed by the config key
     or option that set it, and input.path's instruction ids, which must not repeat. The defaults
     are those of a run of iterations: input.path (and eval.heldout_path when iterations are
-    evaluated) and the three models."""
+    evaluated) and the three models. `reward_models` are the token-level reward models the job
+    loads (a job running the reward stage: {"models.reward_model.path": cfg.models.reward_model}),
+    each checked by check_reward_model."""
     check_config(cfg)
     if inputs is None:
         inputs = {"input.path": cfg.input.path}
@@ -40,6 +43,8 @@ def preflight(cfg: Config, inputs: Mapping[str, str] | None = None,
         check_unique_ids(cfg.input)
     for key, model in models.items():
         check_model_path(key, model)
+    for key, model in (reward_models or {}).items():
+        check_reward_model(key, model)
 
 
 def policy_at(cfg: Config, option: str, path: str | None) -> dict[str, ModelConfig]:
@@ -75,6 +80,28 @@ def check_model_path(key: str, model: ModelConfig) -> None:
         return
     raise PreflightError(f"{key} {path!r} does not exist"
                          + ("" if hub_allowed else " (hub access is off and the Hugging Face cache lacks it)"))
+
+
+def check_reward_model(key: str, model: ModelConfig) -> None:
+    """A reward model must be set, be a directory jobs/train_rm.py exported (its HEAD_FILE), and
+    have a backend that serves it: hf, or vllm for the model types it was verified on
+    (engine.reward_layout.VLLM_HEAD_PREFIXES). `key` is its path's key (models.reward_model.path)."""
+    section = key.removesuffix(".path")
+    if not model.path:
+        raise PreflightError(f"{key} is empty, but this job runs the reward stage: set it to a reward model "
+                             "directory (jobs/train_rm.py --out)")
+    if model.backend not in REWARD_BACKENDS:
+        raise PreflightError(f"{section}.backend = {model.backend!r} cannot serve a reward model; "
+                             f"use one of {', '.join(map(repr, REWARD_BACKENDS))}")
+    if model.path.startswith("tiny:") or not _exists(key, join(model.path, HEAD_FILE)):
+        raise PreflightError(f"{key} {model.path!r} has no {HEAD_FILE}: it is not a reward model "
+                             "jobs/train_rm.py exported")
+    if model.backend == "vllm":
+        model_type = read_json(join(model.path, "config.json")).get("model_type")
+        if model_type not in VLLM_HEAD_PREFIXES:
+            raise PreflightError(f"{section}.backend = 'vllm' is verified for reward models of model type "
+                                 f"{', '.join(map(repr, VLLM_HEAD_PREFIXES))} only, not {model_type!r}: "
+                                 "use backend = 'hf'")
 
 
 def _exists(key: str, path: str) -> bool:

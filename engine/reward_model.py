@@ -7,11 +7,12 @@ LM head is kept, untrained), plus HEAD_FILE with the head as `score.weight` [1, 
 `score.bias` [1]. The head lies in a subdirectory because vLLM loads every *.safetensors file
 at the top of a model directory and refuses tensors its model lacks. This module is the one
 place that builds, loads, saves and runs it (training: train/objectives.py; scoring:
-`score_tokens`).
+`score_tokens`; serving on vLLM: `vllm_view`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,8 +22,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from engine import chat
+from engine.reward_layout import HEAD_FILE, VLLM_HEAD_PREFIXES
 
-HEAD_FILE = "reward_head/score.safetensors"
 _HEAD_PREFIX, _BACKBONE_PREFIX = "score.", "backbone."
 
 
@@ -88,6 +89,32 @@ def load_reward_model(model_dir: str, dtype: torch.dtype = torch.float32,
     model_class = AutoModelForImageTextToText if chat.is_multimodal(processor) else AutoModelForCausalLM
     backbone = model_class.from_pretrained(model_dir, dtype=dtype)
     return with_reward_head(backbone, model_dir, seed=0).to(device).eval(), processor
+
+
+def vllm_view(model_dir: str | Path, view: str | Path) -> Path:
+    """model_dir as vLLM's pooling runner serves it as a token classifier, built in `view`:
+    its files linked, a config with one label (top level and text config, which vLLM reads for
+    the converted language model) and the head at the top, renamed to where vLLM's adapter puts
+    the score layer. The export itself cannot be served: vLLM would read its default two labels
+    and miss the head in its subdirectory."""
+    model_dir, view = Path(model_dir), Path(view)
+    config = json.loads((model_dir / "config.json").read_text())
+    model_type = config.get("model_type")
+    if model_type not in VLLM_HEAD_PREFIXES:
+        raise ValueError(f"vLLM's reward serving is verified for model types {sorted(VLLM_HEAD_PREFIXES)}, "
+                         f"not {model_type!r} ({model_dir}): use backend = \"hf\"")
+    view.mkdir(parents=True)
+    for path in model_dir.iterdir():
+        if path.is_file() and path.name != "config.json":
+            (view / path.name).symlink_to(path.resolve())
+    for section in (config, config.get("text_config")):
+        if section is not None:
+            section["id2label"], section["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+    (view / "config.json").write_text(json.dumps(config))
+    head = load_file(str(model_dir / HEAD_FILE))
+    save_file({VLLM_HEAD_PREFIXES[model_type] + key: value for key, value in head.items()},
+              str(view / "score.safetensors"))
+    return view
 
 
 @torch.inference_mode()

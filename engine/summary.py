@@ -16,19 +16,29 @@ def _sum(table: pa.Table, column: str) -> float:
     return sum(v or 0 for v in table[column].to_pylist()) if table.num_rows else 0
 
 
-def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall_seconds: float,
-                         stages: Sequence[str], resumed_rows: int = 0) -> dict:
-    n_rows = stats.num_rows
-    live = stats.filter(pc.is_null(stats["reject_reason"])) if n_rows else stats
-    claims, claims_rejected = _sum(stats, "n_claims"), _sum(stats, "n_claims_rejected")
-    rejects_by_reason = dict(sorted(Counter(rejects["reason"].to_pylist()).items()))
+def count_reasons(rejects: pa.Table) -> dict[str, int]:
+    """Diverted rows and answers by reason (REJECT_SCHEMA rows)."""
+    return dict(sorted(Counter(rejects["reason"].to_pylist()).items()))
+
+
+def stage_throughput(stats: pa.Table, live_rows: int, stages: Sequence[str]) -> dict:
+    """Per stage, its busy seconds over a pass's stats rows and the live rows per busy second."""
     per_stage = {}
     for stage in stages:
         busy = _sum(stats, seconds_column(stage))
         per_stage[stage] = {
             "busy_seconds": round(busy, 3),
-            "rows_per_busy_second": round(live.num_rows / busy, 3) if busy else None,
+            "rows_per_busy_second": round(live_rows / busy, 3) if busy else None,
         }
+    return per_stage
+
+
+def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall_seconds: float,
+                         stages: Sequence[str], resumed_rows: int = 0) -> dict:
+    n_rows = stats.num_rows
+    live = stats.filter(pc.is_null(stats["reject_reason"])) if n_rows else stats
+    claims, claims_rejected = _sum(stats, "n_claims"), _sum(stats, "n_claims_rejected")
+    rejects_by_reason = count_reasons(rejects)
     return {
         "instructions": n_rows,
         "instructions_resumed": resumed_rows,
@@ -50,7 +60,7 @@ def summarize_generation(stats: pa.Table, rejects: pa.Table, balance: dict, wall
         "length_balance_ratio": balance["length_balance_ratio"],
         "rejects_by_reason": rejects_by_reason,
         "answers_without_claims": rejects_by_reason.get("no_claims", 0),
-        "stages": per_stage,
+        "stages": stage_throughput(stats, live.num_rows, stages),
         "wall_seconds": round(wall_seconds, 2),
         "instructions_per_second": round(n_rows / wall_seconds, 3) if wall_seconds else None,
     }

@@ -136,9 +136,11 @@ def shard_key(instruction_ids: list[str]) -> str:
     return hashlib.blake2b("\n".join(sorted(instruction_ids)).encode(), digest_size=10).hexdigest()
 
 
-def _first_of_each_pair_id(sorted_pairs: pa.Table) -> pa.Table:
-    ids = sorted_pairs["pair_id"].to_pylist()
-    return sorted_pairs.filter(pa.array([k == 0 or ids[k] != ids[k - 1] for k in range(len(ids))], pa.bool_()))
+def first_of_each(sorted_table: pa.Table, column: str) -> pa.Table:
+    """The first row of each run of equal `column` values of a table sorted by it: one row per
+    id where a resumed pass wrote some twice (see finalize_pairs)."""
+    ids = sorted_table[column].to_pylist()
+    return sorted_table.filter(pa.array([k == 0 or ids[k] != ids[k - 1] for k in range(len(ids))], pa.bool_()))
 
 
 def finalize_pairs(out_dir: str, pair_cfg: PairConfig) -> dict:
@@ -148,7 +150,7 @@ def finalize_pairs(out_dir: str, pair_cfg: PairConfig) -> dict:
     A crash between a block's candidates and its stats rows makes a resumed pass redo those
     instructions, possibly grouped into another block (another file name): the same pair can
     then stand in two candidate files, so each pair_id is kept once."""
-    candidates = _first_of_each_pair_id(read_parquet_dir(join(out_dir, "candidates"), schemas.PAIR_SCHEMA).sort_by("pair_id"))
+    candidates = first_of_each(read_parquet_dir(join(out_dir, "candidates"), schemas.PAIR_SCHEMA).sort_by("pair_id"), "pair_id")
     ratio, keep = None, [True] * candidates.num_rows
     if pair_cfg.length_balance and candidates.num_rows:
         ratio, keep = length_balance(

@@ -67,6 +67,8 @@ class ModelStage:
     name: ClassVar[str] = ""
     # Whether process() reads the rows' image bytes; a stage that does not never converts them.
     reads_images: ClassVar[bool] = True
+    # The kind of backend each of its roles is built as (engine.backends.BACKEND_TABLES).
+    backend_kind: ClassVar[str] = "generate"
 
     def __init__(self, *, cfg: Any, context: RunContext, backends: Mapping[str, LoadBackend],
                  batches_in_flight: int = 1):
