@@ -343,6 +343,11 @@ class PpoConfig(_Strict):
         "\"token\" (RLHF-V's dense reward): the reward model's value at every answer token. \"sequence\": "
         "the same model's summed reward given once, on the answer's last token (the seed's comparison)."
     ))] = "token"
+    token_reward: Annotated[Literal["log_sigmoid", "logit"], Meta(description=(
+        "A token's reward RM(t) from the reward model's logit, the log-odds that the token is good. "
+        "\"log_sigmoid\": log p(good), at most 0, so an answer's sum is the log-probability that none of "
+        "its tokens is bad and length earns nothing. \"logit\": the head's raw output, whose sum grows "
+        "with every token the model deems good, a bonus for length."))] = "log_sigmoid"
     beta_kl: Annotated[NonNegative, Meta(description=(
         "Weight of the per-token KL penalty to the reference: r_t = RM(t) - beta_kl * (log pi - log pi_ref)."
     ))] = 0.05
@@ -569,6 +574,22 @@ def with_overrides(config: Config, overrides: list[str] | tuple[str, ...]) -> Co
     data = config_to_dict(config)
     _apply_overrides(data, overrides)
     return config_from_dict(data, "<config> with --set " + " ".join(overrides))
+
+
+def with_absolute_model_dirs(config: Config) -> Config:
+    """`config` with every model path that names a local directory made absolute (the models'
+    and [ppo]'s reference and critic): Ray Train's workers run in a directory of their own,
+    where a relative models/toy-policy would be taken for a hub id."""
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if path and Path(path).is_dir() else path
+
+    models = msgspec.structs.replace(config.models, **{
+        role: msgspec.structs.replace(model, path=absolute(model.path))
+        for role in ("policy", "labeler", "splitter", "reward_model")
+        for model in (getattr(config.models, role),)})
+    ppo = msgspec.structs.replace(config.ppo, reference=absolute(config.ppo.reference),
+                                  critic=absolute(config.ppo.critic))
+    return msgspec.structs.replace(config, models=models, ppo=ppo)
 
 
 def config_to_toml(config: Config) -> str:

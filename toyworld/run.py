@@ -20,7 +20,7 @@ import msgspec
 import pyarrow.parquet as pq
 
 from engine.cli import Job, set_option
-from engine.config import Config, load_config
+from engine.config import Config, load_config, with_absolute_model_dirs
 from toyworld.grammar import grammatical_share
 
 TOYWORLD_CONFIG = "configs/toyworld.toml"
@@ -33,16 +33,10 @@ COLUMNS = (("chair_s", "CHAIR_s"), ("chair_i", "CHAIR_i"), ("cider", "CIDEr"), (
 def seed_config(cfg: Config, seed: int, name: str | None = None) -> Config:
     """cfg for one seed, run under <name or run.name>-seed<seed>, with local paths made
     absolute: Ray Train's workers run in their own directory, where the config's repo-relative
-    models/toy-policy would be taken for a hub id and runs/ would land elsewhere (the same for
-    models/toy-reward-model)."""
+    models/toy-policy would be taken for a hub id and runs/ would land elsewhere."""
     output_dir = cfg.run.output_dir if "://" in cfg.run.output_dir else str(Path(cfg.run.output_dir).resolve())
     run = msgspec.structs.replace(cfg.run, seed=seed, name=f"{name or cfg.run.name}-seed{seed}", output_dir=output_dir)
-    models = cfg.models
-    for role in ("policy", "labeler", "reward_model"):
-        model = getattr(models, role)
-        if model.path and Path(model.path).is_dir():
-            models = msgspec.structs.replace(models, **{role: msgspec.structs.replace(model, path=str(Path(model.path).resolve()))})
-    return msgspec.structs.replace(cfg, run=run, models=models)
+    return with_absolute_model_dirs(msgspec.structs.replace(cfg, run=run))
 
 
 def iteration_metrics(summaries: list[dict]) -> list[dict]:

@@ -46,7 +46,7 @@ from transformers import get_constant_schedule_with_warmup, get_cosine_schedule_
 from transformers.integrations import HfDeepSpeedConfig
 
 from engine import chat
-from engine.config import Config, TrainConfig
+from engine.config import Config, TrainConfig, with_absolute_model_dirs
 from engine.metrics import record_train_step
 from engine.progress import format_seconds
 from engine.ray_runtime import init_ray
@@ -167,7 +167,7 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
     elif (finished := read_result(out_dir)) is not None:
         return finished
     started = time.perf_counter()
-    train_cfg = cfg.train
+    cfg, train_cfg = with_absolute_model_dirs(cfg), cfg.train
     if Path(init_model).is_dir():  # a local directory, not a hub id or tiny: name
         init_model = absolute(init_model)
     init_ray(cfg.ray)
