@@ -26,7 +26,7 @@ from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
 
 # The rollout and training figures a round's summary shows, in this order.
-ROLLOUT_KEYS = ("instructions", "answers", "diverted", "mean_answer_tokens", "mean_answer_reward", "wall_seconds")
+ROLLOUT_KEYS = ("instructions", "rejected", "rollouts", "answer_tokens", "mean_token_reward", "wall_seconds")
 TRAIN_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "policy/approxkl", "val/clipfrac",
               "val/vpred", "loss/policy_avg", "loss/value_avg")
 
@@ -57,8 +57,7 @@ def _train(cfg: Config, run: RunDir, k: int) -> dict:
     out_dir = run.checkpoint_dir(k)
     result = read_result(out_dir)
     if result is None:
-        result = train_ppo(cfg, read_rollouts(run.iteration_dir(k)), cfg.models.policy.path, out_dir, resume=True,
-                           iteration=k)
+        result = train_ppo(cfg, read_rollouts(run.iteration_dir(k)), cfg.models.policy.path, out_dir, resume=True)
     return asdict(result)
 
 

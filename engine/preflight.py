@@ -55,17 +55,17 @@ def policy_at(cfg: Config, option: str, path: str | None) -> dict[str, ModelConf
     return {option: msgspec.structs.replace(cfg.models.policy, path=path)}
 
 
-def ppo_models(cfg: Config) -> dict[str, ModelConfig]:
-    """{key: model} of jobs/ppo.py: the policy, the reward model, and the reference and first
-    critic when [ppo] names them (they load with the policy's and the reward model's settings)."""
-    if not cfg.models.reward_model.path:
-        raise PreflightError("models.reward_model.path is empty: PPO needs a reward model (jobs/train_rm.py's export)")
-    models = {"models.policy.path": cfg.models.policy, "models.reward_model.path": cfg.models.reward_model}
+def ppo_models(cfg: Config) -> tuple[dict[str, ModelConfig], dict[str, ModelConfig]]:
+    """(models, reward_models) arguments of preflight for jobs/ppo.py: the policy and the
+    reference when [ppo] names one (with the policy's settings); the reward model and the first
+    critic when [ppo] names one (with the reward model's)."""
+    models = {"models.policy.path": cfg.models.policy}
     if cfg.ppo.reference:
         models["ppo.reference"] = msgspec.structs.replace(cfg.models.policy, path=cfg.ppo.reference)
+    reward_models = {"models.reward_model.path": cfg.models.reward_model}
     if cfg.ppo.critic:
-        models["ppo.critic"] = msgspec.structs.replace(cfg.models.reward_model, path=cfg.ppo.critic)
-    return models
+        reward_models["ppo.critic"] = msgspec.structs.replace(cfg.models.reward_model, path=cfg.ppo.critic)
+    return models, reward_models
 
 
 def check_model_path(key: str, model: ModelConfig) -> None:

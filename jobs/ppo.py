@@ -33,7 +33,8 @@ def main(config_path, overrides, allow_config_change):
     cfg = load_config(config_path, overrides)
     from engine.preflight import ppo_models, preflight
 
-    preflight(cfg, models=ppo_models(cfg))  # before Ray starts or any model loads
+    models, reward_models = ppo_models(cfg)
+    preflight(cfg, models=models, reward_models=reward_models)  # before Ray starts or any model loads
     from engine.ppo import run_ppo
     from engine.ray_runtime import init_ray
 

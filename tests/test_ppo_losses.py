@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from train.ppo_losses import (gae, ppo_policy_loss, shaped_rewards, token_accuracy, token_auc, token_bce, value_loss,
-                               whiten)
+from train.ppo_losses import (gae, ppo_policy_loss, shaped_rewards, token_accuracy, token_auc, token_bce,
+                               token_rewards_from_logits, value_loss, whiten)
 from train.token_labels import correction_token_labels
 
 
@@ -92,3 +92,10 @@ def test_clipped_value_loss_hand_computed():
     loss, metrics = value_loss(torch.tensor([[1.2]]), torch.tensor([[1.0]]), torch.tensor([[3.0]]),
                                torch.ones(1, 1), clip=0.1)
     assert loss.item() == pytest.approx(0.5 * 1.9 ** 2) and metrics["val/clipfrac"].item() == 1.0
+
+
+def test_token_rewards_are_log_p_good_or_the_logit():
+    logits = torch.tensor([[0.0, 2.0, -3.0]])
+    expected = [math.log(0.5), math.log(1 / (1 + math.exp(-2.0))), math.log(1 / (1 + math.exp(3.0)))]
+    assert token_rewards_from_logits(logits, "log_sigmoid")[0].tolist() == pytest.approx(expected, rel=1e-6)
+    assert token_rewards_from_logits(logits, "logit").equal(logits)

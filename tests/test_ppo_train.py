@@ -168,7 +168,8 @@ def test_prepare_gives_the_advantages_and_returns_of_an_independent_computation(
     logps = independent_scores(plain_model(tiny_llava_dir), processor, rows)
     ref_logps = independent_scores(plain_model(reference_dir), processor, rows)
     values = independent_scores(load_reward_model(reward_model_dir)[0], processor, rows, values=True)
-    token_rewards = [torch.tensor(row["token_rewards"]) for row in rows]
+    # ppo.token_reward's default: log p(good) = log sigmoid(logit)
+    token_rewards = [torch.nn.functional.logsigmoid(torch.tensor(row["token_rewards"])) for row in rows]
     mask = padded([torch.ones(len(r)) for r in token_rewards])
     rewards = shaped_rewards(padded(token_rewards), padded(logps), padded(ref_logps), mask, 0.1, "token")
     advantages, returns = gae(rewards, padded(values), mask, 0.9, 0.8)
@@ -187,12 +188,14 @@ def test_sequence_rewards_reach_the_objective_as_the_whole_reward_on_the_last_to
         one_rank, model_cache, tiny_llava_dir, reward_model_dir, reference_dir, processor, rollouts):  # noqa: F811
     """With gamma = lam = 1 the return at a token is the sum of the shaped rewards from it on,
     so the difference of consecutive returns is the shaped reward itself."""
-    for granularity in ("sequence", "token"):
+    for granularity, kind in (("sequence", "logit"), ("token", "logit"), ("sequence", "log_sigmoid")):
         cfg = config(model_cache, tiny_llava_dir, reward_model_dir, reference_dir, "ppo.gamma=1", "ppo.lam=1",
-                     f"ppo.reward_granularity={granularity}")
+                     f"ppo.reward_granularity={granularity}", f"ppo.token_reward={kind}")
         objective, _ = prepared(cfg, processor, rollouts, tiny_llava_dir)
         for row in rollouts.to_pylist():
             stats, token_rewards = objective.stats[row["rollout_id"]], torch.tensor(row["token_rewards"])
+            if kind == "log_sigmoid":
+                token_rewards = torch.nn.functional.logsigmoid(token_rewards)
             shaped = stats[_RETURNS] - torch.cat([stats[_RETURNS][1:], torch.zeros(1)])
             kl_penalty = -0.1 * (stats[_OLD_LOGPS] - stats[_REF_LOGPS])
             if granularity == "sequence":

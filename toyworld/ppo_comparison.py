@@ -131,7 +131,8 @@ def main(config_path, overrides, seeds):
     from engine.ray_runtime import init_ray
 
     cfg = load_config(config_path, overrides)
-    preflight(cfg, models=ppo_models(cfg))
+    models, reward_models = ppo_models(cfg)
+    preflight(cfg, models=models, reward_models=reward_models)
     seed_list = [int(seed) for seed in seeds.split(",")]
     init_ray(cfg.ray)
     results = run_comparison(cfg, seed_list, click.echo)

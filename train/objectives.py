@@ -34,7 +34,7 @@ from train.export import CRITIC_DIR, MODEL_DIR, export_model, export_parts
 from train.losses import chosen_nll, ddpo_weighted_logps, dpo_loss, response_nll, shifted_token_logps, summed_logps
 from train.ppo_data import PpoBatch, collate_rollouts
 from train.ppo_losses import (gae, ppo_policy_loss, shaped_rewards, token_accuracy, token_auc,
-                              token_bce, value_loss, whiten)
+                              token_bce, token_rewards_from_logits, value_loss, whiten)
 from train.rm_data import RmBatch, collate_rm
 from train.sft_data import SftBatch, collate_sft
 
@@ -366,14 +366,16 @@ class PpoObjective(Objective):
 
 
 def advantages_and_returns(scored: list[torch.Tensor], ppo: PpoConfig) -> list[torch.Tensor]:
-    """Each rollout's [4, n] (log-probs under the policy and the reference, values, rewards)
-    -> its [6, n] statistics with the advantages and returns appended: the rewards shaped by
+    """Each rollout's [4, n] (log-probs under the policy and the reference, values, the reward
+    model's logits) -> its [6, n] statistics, the logits turned into rewards (ppo.token_reward),
+    with the advantages and returns appended: the rewards shaped by
     ppo.reward_granularity and ppo.beta_kl, GAE with ppo.gamma and ppo.lam, the advantages
     whitened over all the rollouts' tokens when ppo.whiten_advantages."""
     lengths = [row.shape[1] for row in scored]
     padded = pad_sequence([row.T for row in scored], batch_first=True).permute(2, 0, 1)  # [4, N, R]
-    logps, ref_logps, values, token_rewards = padded
     mask = (torch.arange(padded.shape[2]) < torch.tensor(lengths).unsqueeze(1)).float()
+    padded[3] = token_rewards_from_logits(padded[3], ppo.token_reward) * mask
+    logps, ref_logps, values, token_rewards = padded
     rewards = shaped_rewards(token_rewards, logps, ref_logps, mask, ppo.beta_kl, ppo.reward_granularity)
     advantages, returns = gae(rewards, values, mask, ppo.gamma, ppo.lam)
     if ppo.whiten_advantages:

@@ -43,6 +43,12 @@ def token_auc(scores: torch.Tensor, labels: torch.Tensor) -> float | None:
     return u / (n_good * n_bad)
 
 
+def token_rewards_from_logits(logits: torch.Tensor, kind: Literal["log_sigmoid", "logit"]) -> torch.Tensor:
+    """RM(t) from the reward model's logits (ppo.token_reward): log p(good) = log sigmoid(logit),
+    or the logit itself."""
+    return F.logsigmoid(logits) if kind == "log_sigmoid" else logits
+
+
 def shaped_rewards(token_rewards: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,
                    beta_kl: float, granularity: Literal["token", "sequence"]) -> torch.Tensor:
     """r_t = RM(t) - beta_kl * (log pi(t) - log pi_ref(t)) at every response token ("token"), or
