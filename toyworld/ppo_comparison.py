@@ -39,10 +39,11 @@ ARMS = (
 
 
 def rlaifv_config(ppo_cfg: Config) -> Config:
-    """The toy world's RLAIF-V config with the PPO config's rollouts: its instructions, answers
-    per instruction and rounds, and its output directory."""
-    return load_config(TOYWORLD_CONFIG, (f'input.path="{ppo_cfg.input.path}"', f"sample.n={ppo_cfg.sample.n}",
-                                         f"run.iterations={ppo_cfg.ppo.rounds}",
+    """The toy world's RLAIF-V config with the PPO config's rollouts (its instructions, answers
+    per instruction and rounds), held-out rows and output directory."""
+    return load_config(TOYWORLD_CONFIG, (f'input.path="{ppo_cfg.input.path}"', f"input.limit={ppo_cfg.input.limit}",
+                                         f"sample.n={ppo_cfg.sample.n}", f"run.iterations={ppo_cfg.ppo.rounds}",
+                                         f"eval.limit={ppo_cfg.eval.limit}",
                                          f'run.output_dir="{ppo_cfg.run.output_dir}"'))
 
 

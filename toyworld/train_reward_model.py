@@ -26,9 +26,9 @@ from toyworld.run import TOYWORLD_CONFIG, seed_config
 
 CORRECTIONS = 512
 SEED = 0
-# The toy world's [train] with the reward model's own rate and length: the head and backbone
-# learn from about a thousand label rows in two epochs.
-RM_OVERRIDES = ("train.learning_rate=1e-4", "train.epochs=2", "train.sft_weight=0.0", "rm.heldout_share=0.1")
+# The toy world's [train] with the reward model's own rate and length. At 1e-4 for 2 epochs
+# the held-out AUC was 0.78; at 3e-4 for 4 epochs 0.93 (token accuracy 0.95 -> 0.97).
+RM_OVERRIDES = ("train.learning_rate=3e-4", "train.epochs=4", "train.sft_weight=0.0", "rm.heldout_share=0.1")
 
 
 def train_toy_reward_model(out: str | Path, n_corrections: int = CORRECTIONS, seed: int = SEED,
