@@ -43,6 +43,25 @@ def tiny_llava_dir(model_cache: str) -> str:
 
 
 @pytest.fixture(scope="session")
+def reward_model_dir(tiny_llava_dir: str, tmp_path_factory) -> str:
+    """The tiny LLaVA with a seeded head, saved as jobs/train_rm.py exports a reward model; the
+    head is scaled up and given a bias so that its rewards differ visibly between tokens."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from engine.reward_model import with_reward_head
+
+    out = tmp_path_factory.mktemp("reward-model") / "model"
+    model = with_reward_head(AutoModelForImageTextToText.from_pretrained(tiny_llava_dir), tiny_llava_dir, seed=3)
+    with torch.no_grad():
+        model.score.weight.mul_(50)
+        model.score.bias.fill_(0.2)
+    model.save_pretrained(out)
+    AutoProcessor.from_pretrained(tiny_llava_dir).save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def tiny_llm_dir(model_cache: str) -> str:
     return resolve_model_path("tiny:llm", model_cache)
 

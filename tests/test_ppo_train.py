@@ -25,7 +25,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from engine import chat
 from engine.config import load_config
-from engine.reward_model import HEAD_FILE, load_reward_model, score_tokens, with_reward_head
+from engine.reward_model import HEAD_FILE, load_reward_model, score_tokens
 from engine.schemas import ROLLOUT_SCHEMA
 from train.data import BatchPlan, PairDataError
 from train.objectives import _ADVANTAGES, _OLD_LOGPS, _OLD_VALUES, _REF_LOGPS, _RETURNS, PpoObjective
@@ -40,19 +40,6 @@ ANSWERS = ["There is a red circle.", "A blue star sits on a green square at the 
 @pytest.fixture(scope="module")
 def processor(tiny_llava_dir):
     return AutoProcessor.from_pretrained(tiny_llava_dir)
-
-
-@pytest.fixture(scope="module")
-def reward_model_dir(tiny_llava_dir, processor, tmp_path_factory) -> str:
-    """The tiny LLaVA with a seeded head and a bias, saved as jobs/train_rm.py exports."""
-    out = tmp_path_factory.mktemp("rm") / "model"
-    model = with_reward_head(AutoModelForImageTextToText.from_pretrained(tiny_llava_dir), tiny_llava_dir, seed=3)
-    with torch.no_grad():
-        model.score.weight.mul_(50)
-        model.score.bias.fill_(0.2)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return str(out)
 
 
 @pytest.fixture(scope="module")

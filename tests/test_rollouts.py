@@ -27,20 +27,6 @@ GOOD_IDS = ["scene-a", "scene-b", "scene-c"]
 
 
 @pytest.fixture(scope="module")
-def reward_model_dir(tiny_llava_dir, tmp_path_factory) -> str:
-    """The tiny LLaVA with a new head (seeded), saved as jobs/train_rm.py exports a reward model."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from engine.reward_model import with_reward_head
-
-    out = tmp_path_factory.mktemp("reward-model")
-    backbone = AutoModelForImageTextToText.from_pretrained(tiny_llava_dir)
-    with_reward_head(backbone, str(out), seed=7).save_pretrained(out)
-    AutoProcessor.from_pretrained(tiny_llava_dir).save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def processor(tiny_llava_dir):
     from transformers import AutoProcessor
 
