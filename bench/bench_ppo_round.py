@@ -13,6 +13,7 @@ the toy policy with a fresh head (built before timing starts), the critic starts
 docs/algorithms.md §9 says the value head does.
 
     python -m bench.bench_ppo_round                 # 128 instructions x 4 answers, toy policy, CPU
+    python -m bench.bench_ppo_round --threads 1     # on a loaded box: two torch threads swing 10-100x
     python -m bench.bench_ppo_round --policy tiny:llava --instructions 2 --n 2 --max-new-tokens 8 --epochs 1
 """
 
@@ -90,8 +91,9 @@ def forward_logps_values(policy, critic, processor, images, prompts, responses):
 
 
 def run_round(policy_dir: str, instructions: str, n_instructions: int, n: int, max_new_tokens: int, epochs: int,
-              micro_batch: int, reward_dir: str) -> tuple[dict[str, float], float]:
-    """Seconds per phase, and the largest |old log-prob - reference log-prob| (0 up to float
+              micro_batch: int, reward_dir: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per phase, and facts about the round: answers, response tokens (the template's
+    end-of-turn included) and the largest |old log-prob - reference log-prob| (0 up to float
     error: both are the policy before its update, so a gap means misaligned tokens)."""
     seconds: dict[str, float] = {}
 
@@ -154,7 +156,8 @@ def run_round(policy_dir: str, instructions: str, n_instructions: int, n: int, m
         rewards, mask = padded(token_rewards)
         old_logps, old_values, ref_logps = padded(old_logps)[0], padded(old_values)[0], padded(ref_logps)[0]
         if old_logps.shape != rewards.shape:
-            raise RuntimeError(f"reward model and policy disagree on response tokens: {rewards.shape} vs {old_logps.shape}")
+            raise RuntimeError(f"reward model and policy disagree on response tokens: {rewards.shape} vs "
+                               f"{old_logps.shape}")
         shaped = shaped_rewards(rewards, old_logps, ref_logps, mask, BETA_KL, "token")
         advantages, returns = gae(shaped, old_values, mask, GAMMA, LAM)
         advantages = whiten(advantages, mask)
@@ -176,7 +179,7 @@ def run_round(policy_dir: str, instructions: str, n_instructions: int, n: int, m
                 (policy_loss + critic_loss).backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-    return seconds, gap
+    return seconds, {"answers": len(answers), "response_tokens": int(mask.sum()), "max_logp_gap": gap}
 
 
 def build_reward_model(policy_dir: str, out_dir: str) -> None:
@@ -204,12 +207,13 @@ def main(policy, cache_dir, instructions_path, n_instructions, n, max_new_tokens
     policy_dir = resolve_model_path(policy, cache_dir)
     with tempfile.TemporaryDirectory() as reward_dir:
         build_reward_model(policy_dir, reward_dir)
-        seconds, gap = run_round(policy_dir, instructions_path, n_instructions, n, max_new_tokens, epochs, micro_batch,
-                            reward_dir)
+        seconds, facts = run_round(policy_dir, instructions_path, n_instructions, n, max_new_tokens, epochs,
+                                   micro_batch, reward_dir)
     total = sum(seconds.values())
     shares = {name: t / total for name, t in seconds.items()}
     print(f"policy={policy} instructions={n_instructions} n={n} max_new_tokens={max_new_tokens} epochs={epochs} "
-          f"micro_batch={micro_batch} torch_threads={torch.get_num_threads()}")
+          f"micro_batch={micro_batch} torch_threads={torch.get_num_threads()} "
+          f"answers={facts['answers']} response_tokens={facts['response_tokens']}")
     print(f"{'phase':<36}{'seconds':>9}{'share':>8}")
     for name, label in PHASES.items():
         print(f"{label:<36}{seconds[name]:>9.2f}{shares[name]:>8.1%}")
@@ -217,10 +221,10 @@ def main(policy, cache_dir, instructions_path, n_instructions, n, max_new_tokens
     loading = sum(shares[name] for name in LOADING)
     top = max((name for name in PHASES if name not in LOADING), key=shares.get)
     print(f"loading is {loading:.1%} of the round; the largest other phase is {PHASES[top]} at {shares[top]:.1%}")
-    print(f"max |old log-prob - reference log-prob| = {gap:.2e}")
+    print(f"max |old log-prob - reference log-prob| = {facts['max_logp_gap']:.2e}")
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"seconds": seconds, "shares": shares, "total_seconds": total, "max_logp_gap": gap}, f, indent=1)
+            json.dump({"seconds": seconds, "shares": shares, "total_seconds": total, **facts}, f, indent=1)
 
 
 if __name__ == "__main__":
