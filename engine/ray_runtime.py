@@ -67,9 +67,10 @@ def _lock_down_local_ray() -> None:
 
 
 def check_pools_fit(pools: dict[str, Resources]) -> None:
-    """On a local cluster this job started, the actor pools' minimum sizes must fit at once, or
-    Ray Data waits forever for actors that can never be placed. (On a cluster the autoscaler
-    may add nodes, so nothing is checked there.)"""
+    """On a local cluster this job started, the actor pools' minimum sizes must fit at once and
+    leave a CPU for Ray Data's own tasks (reading, validation), or Ray Data waits forever for
+    actors or tasks that can never be placed. (On a cluster the autoscaler may add nodes, so
+    nothing is checked there.)"""
     import ray
 
     if not _started_local:
@@ -84,3 +85,10 @@ def check_pools_fit(pools: dict[str, Resources]) -> None:
                 f"local Ray has {available.get(resource, 0):g}: lower <stage>.resources.num_{resource.lower()}s "
                 "or min_actors, or raise ray.num_cpus"
             )
+    left = available.get("CPU", 0) - sum(r.min_actors * r.num_cpus for r in pools.values())
+    if left < 1 - 1e-9:
+        raise ConfigError(
+            f"the stages' minimum actor pools leave {left:g} of this local Ray's {available.get('CPU', 0):g} CPUs "
+            "for Ray Data's read and validation tasks, which need 1 each: lower <stage>.resources.num_cpus "
+            "or min_actors, or raise ray.num_cpus"
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fixtures_ray import ray_head
+from kill_and_resume import any_file, kill_when, stable
 
 from engine.config import load_config
 from engine.iterate import run_iterations
@@ -27,25 +27,10 @@ REPO = Path(__file__).resolve().parent.parent
 SMOKE = REPO / "configs" / "smoke.toml"
 # The smoke config, cut to 8 instructions so two iterations take about a minute each on 2 cores.
 FAST = ["input.limit=8", "train.checkpoint_every_steps=2"]
-# Fields of a summary that depend on timing, on resumption or on where the run lives.
-UNSTABLE = {"wall_seconds", "instructions_per_second", "instructions_resumed", "stages", "step_seconds",
-            "started_at_step", "policy", "model_dir", "model"}
 
 
 def overrides(out_dir: Path) -> list[str]:
     return [*FAST, f"run.output_dir={out_dir}"]
-
-
-def stable(data):
-    """A summary without its timing- and location-dependent fields; floats rounded to 1e-4
-    (training on CPU after a resume repeats exactly; rounding only guards the JSON text)."""
-    if isinstance(data, dict):
-        return {key: stable(value) for key, value in data.items() if key not in UNSTABLE}
-    if isinstance(data, list):
-        return [stable(value) for value in data]
-    if isinstance(data, float):
-        return round(data, 4)
-    return data
 
 
 def pairs_of(run_dir: Path, k: int) -> list[dict]:
@@ -173,32 +158,17 @@ def test_stage_pools_that_cannot_fit_the_local_cluster_are_an_error_not_a_hang(r
         generate_pairs(cfg, 0, str(tmp_path / "out"))
 
 
+def test_pools_that_leave_no_cpu_for_ray_datas_own_tasks_are_an_error_not_a_hang(ray_local, model_cache, tmp_path):
+    from engine.config import ConfigError
+    from engine.pipeline import generate_pairs
+
+    cfg = load_config(SMOKE, [f"run.output_dir={tmp_path}", f"models.cache_dir={model_cache}",
+                              "score.resources.num_cpus=1"])  # 1.75 of 2 CPUs: fits, but validation cannot run
+    with pytest.raises(ConfigError, match=r"leave 0.25 of this local Ray's 2 CPUs for Ray Data's read and validation"):
+        generate_pairs(cfg, 0, str(tmp_path / "out"))
+
+
 # ------------------------------------------------------------------ crash-resume (slow)
-
-
-def wait_for(predicate, process, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if process.poll() is not None:
-            raise AssertionError(f"the job ended (rc {process.returncode}) before the kill point")
-        if time.monotonic() > deadline:
-            raise AssertionError("the kill point never came")
-        time.sleep(0.2)
-
-
-def kill_when(predicate, out_dir: Path, cache: str) -> None:
-    """Start the job in its own process group and SIGKILL the whole group (driver, local Ray,
-    actors, training workers) when predicate() holds."""
-    job = subprocess.Popen(job_args(out_dir, cache), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(predicate, job)
-    finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
-
-
-def any_file(directory: Path, pattern: str = "*") -> bool:
-    return directory.is_dir() and any(directory.rglob(pattern))
 
 
 KILL_POINTS = {
@@ -214,7 +184,7 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_runs_pairs_and_summaries
                                                                                  model_cache):
     _, reference, _ = two_iterations
     run_dir = tmp_path / "smoke"
-    kill_when(lambda: KILL_POINTS[point](run_dir / "iter_0"), tmp_path, model_cache)
+    kill_when(lambda: KILL_POINTS[point](run_dir / "iter_0"), job_args(tmp_path, model_cache))
     assert not (run_dir / "iter_0" / "summary.json").exists()
     result = subprocess.run(job_args(tmp_path, model_cache), cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
