@@ -283,3 +283,32 @@ def test_experiments_run_every_arm_and_a_rerun_reuses_them(ray_local, tmp_path, 
     assert again == results and not [line for line in lines if "evaluating" in line or "generation" in line]
     assert lines[-1].startswith("[11/11] seed 0, AI corrections + DDPO: CHAIR_s") and lines[-1].endswith("(reused)")
     assert "± 0.000" in format_markdown(summary_rows(results))
+
+
+def test_ppo_comparison_rows_share_the_toy_policy_and_its_plot_is_zero_based_by_round(tmp_path, monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from toyworld.experiments import METRICS
+    from toyworld.ppo_comparison import plot, round_results
+
+    def metrics(value):
+        return {key: value for key, _ in METRICS}
+
+    results = {"PPO, token rewards": {0: [metrics(0.4), metrics(0.3), metrics(0.2)],
+                                      1: [metrics(0.4), metrics(0.5), metrics(0.1)]},
+               "RLAIF-V DPO": {0: [metrics(0.4), metrics(0.35), metrics(0.25)],
+                               1: [metrics(0.4), metrics(0.3), metrics(0.2)]}}
+    rows = round_results(results)
+    assert list(rows) == ["toy policy", "PPO, token rewards, round 1", "PPO, token rewards, round 2",
+                          "RLAIF-V DPO, round 1", "RLAIF-V DPO, round 2"]
+    assert rows["PPO, token rewards, round 1"] == {0: metrics(0.3), 1: metrics(0.5)}
+    shown = {}
+    monkeypatch.setattr(pyplot, "close", lambda fig=None: shown.setdefault("fig", fig))
+    assert plot(results, tmp_path / "ppo.png", "t").stat().st_size > 0
+    axes = shown["fig"].axes
+    assert [ax.get_ylim()[0] for ax in axes] == [0] * len(METRICS)
+    assert [ax.get_ylim()[1] for ax in axes[:2]] == [1, 1]
+    assert [tick.get_text() for tick in axes[0].get_xticklabels()] == ["0", "1", "2"]
