@@ -56,11 +56,13 @@ def _train(cfg: Config, run: RunDir, k: int, n_pairs: int) -> dict:
     return asdict(result)
 
 
-def evaluate_once(cfg: Config, model_path: str, out_dir: str) -> dict | None:
+# Where an iteration's held-out evaluations go, under its directory.
+EVAL_INITIAL_DIR, EVAL_DIR = "eval_initial", "eval"
+
+
+def _evaluate_once(cfg: Config, model_path: str, out_dir: str) -> dict:
     """Held-out hallucination metrics of one model (engine.evaluation), once: its
     metrics.json, written last, is the completion marker."""
-    if not cfg.eval.enabled:
-        return None
     from engine.evaluation import METRICS_FILE, evaluate_policy
 
     marker = join(out_dir, METRICS_FILE)
@@ -69,8 +71,16 @@ def evaluate_once(cfg: Config, model_path: str, out_dir: str) -> dict | None:
     return evaluate_policy(cfg, model_path, out_dir)
 
 
-# Where an iteration's held-out evaluations go, under its directory.
-EVAL_INITIAL_DIR, EVAL_DIR = "eval_initial", "eval"
+def evaluations(cfg: Config, k: int, policy_path: str, trained_path: str, it_dir: str) -> dict:
+    """An iteration's (or PPO round's) held-out evaluations for its summary: the trained model's
+    ("eval"), and in the first one also the starting policy's ("eval_initial"), the baseline
+    every later one compares with; none when eval is off."""
+    if not cfg.eval.enabled:
+        return {}
+    initial = {"eval_initial": _evaluate_once(cfg, policy_path, join(it_dir, EVAL_INITIAL_DIR))} if k == 0 else {}
+    return {**initial, "eval": _evaluate_once(cfg, trained_path, join(it_dir, EVAL_DIR))}
+
+
 EVAL_KEYS = ("chair_s", "chair_i", "cider", "bleu_4", "mean_words", "probe_accuracy", "probe_f1")
 
 
@@ -109,10 +119,7 @@ def run_iterations(cfg: Config, allow_config_change: bool = False,
             train = _train(cfg_k, run, k, generation["pairs"])
             summary = {"iteration": k, "policy": policy_path, "generation": generation,
                        "train": {key: value for key, value in train.items() if key != "history"}}
-            if k == 0 and cfg.eval.enabled:  # the baseline every later iteration compares with
-                summary["eval_initial"] = evaluate_once(cfg_k, policy_path, join(it_dir, EVAL_INITIAL_DIR))
-            if cfg.eval.enabled:
-                summary["eval"] = evaluate_once(cfg_k, train["model_dir"], join(it_dir, EVAL_DIR))
+            summary.update(evaluations(cfg_k, k, policy_path, train["model_dir"], it_dir))
             write_json_atomic(summary, summary_url)
         echo(format_iteration(summary))
         summaries.append(summary)

@@ -20,7 +20,7 @@ import msgspec
 
 from engine.config import Config
 from engine.evaluation_format import format_metrics
-from engine.iterate import EVAL_DIR, EVAL_INITIAL_DIR, EVAL_KEYS, evaluate_once, iteration_config
+from engine.iterate import EVAL_KEYS, evaluations, iteration_config
 from engine.progress import readable
 from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
@@ -95,10 +95,7 @@ def run_ppo(cfg: Config, allow_config_change: bool = False, echo: Callable[[str]
             summary = {"round": k, "policy": policy_path, "critic": critic_path,
                        "granularity": cfg.ppo.reward_granularity, "rollouts": rollouts,
                        "train": {key: value for key, value in train.items() if key != "history"}}
-            if k == 0 and cfg.eval.enabled:  # the baseline every later round compares with
-                summary["eval_initial"] = evaluate_once(cfg_k, policy_path, join(it_dir, EVAL_INITIAL_DIR))
-            if cfg.eval.enabled:
-                summary["eval"] = evaluate_once(cfg_k, train["model_dir"], join(it_dir, EVAL_DIR))
+            summary.update(evaluations(cfg_k, k, policy_path, train["model_dir"], it_dir))
             write_json_atomic(summary, summary_url)
         echo(format_round(summary))
         summaries.append(summary)

@@ -228,6 +228,8 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from toyworld.plot import better_way, save_figure
+
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 0.45 * len(rows) + 2),
                              constrained_layout=True, sharey=True)
     names = [row["arm"] for row in rows]
@@ -235,15 +237,12 @@ def plot(rows: list[dict], out: Path, title: str) -> Path:
         ax.barh(range(len(rows)), [row[key] for row in rows], xerr=[row[f"{key}_sd"] for row in rows],
                 color="tab:blue", alpha=0.7, capsize=3)
         ax.set_xlim(0, 1 if key != "cider" else 1.15 * max(row[key] + row[f"{key}_sd"] for row in rows) or 1)
-        ax.set_title(label + (" (lower is better)" if key.startswith("chair") else " (higher is better)"))
+        ax.set_title(better_way(key, label))
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(rows)), names)
     axes[0].invert_yaxis()
     fig.suptitle(title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 @click.command(cls=Job)

@@ -22,14 +22,23 @@ ARROWS = {"lower": "↓ lower is better", "higher": "↑ higher is better", None
 
 def plot_metrics(per_seed: dict[int, list[dict]], out: str | Path, title: str) -> Path:
     """per_seed: seed -> the metrics of iteration 0's policy and of each trained checkpoint."""
+    return save_figure(draw(per_seed, title), out)
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    """Write and close a toy-world figure (every plot of toyworld/ at one resolution)."""
     import matplotlib.pyplot as plt
 
-    fig = draw(per_seed, title)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def better_way(key: str, label: str) -> str:
+    """A panel title of a caption metric: CHAIR rates are better lower, the rest higher."""
+    return label + (" (lower is better)" if key.startswith("chair") else " (higher is better)")
 
 
 def draw(per_seed: dict[int, list[dict]], title: str):

@@ -98,6 +98,8 @@ def plot(results: dict[str, dict[int, list[dict]]], out: Path, title: str) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from toyworld.plot import better_way, save_figure
+
     fig, axes = plt.subplots(1, len(METRICS), figsize=(4.5 * len(METRICS), 3.8), constrained_layout=True)
     for ax, (key, label) in zip(axes, METRICS):
         top = 0.0
@@ -110,14 +112,11 @@ def plot(results: dict[str, dict[int, list[dict]]], out: Path, title: str) -> Pa
         ax.set_ylim(0, 1 if key != "cider" else 1.15 * top or 1)
         ax.set_xticks(range(len(means)))
         ax.set_xlabel("round (0: toy policy)")
-        ax.set_title(label + (" (lower is better)" if key.startswith("chair") else " (higher is better)"))
+        ax.set_title(better_way(key, label))
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 @click.command(cls=Job)
