@@ -32,6 +32,11 @@ def one_rank():
         dist.init_process_group("gloo", rank=0, world_size=1)
         yield
         dist.destroy_process_group()
+    # DeepSpeed keeps a clone of the world group from its first engine; after the group is
+    # destroyed, the next test's engine would broadcast over the dead clone.
+    from deepspeed.utils import groups
+
+    groups._WORLD_GROUP = None
 
 
 @pytest.mark.parametrize("stage", [2, 3])

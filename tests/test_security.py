@@ -32,8 +32,15 @@ from engine.ray_runtime import init_ray
 init_ray(RayConfig(num_cpus=1, object_store_mb=128))
 assert ray.get(ray.remote(lambda: 1).remote()) == 1  # a worker is up: it listens too
 driver = psutil.Process()  # GCS, raylet, agents and workers are the driver's descendants
-print(json.dumps([(p.name(), c.laddr.ip, c.laddr.port) for p in (driver, *driver.children(recursive=True))
-                  for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]))
+
+def listening(p):  # a short-lived worker may exit between the listing and the look
+    try:
+        return [(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN]
+    except (psutil.NoSuchProcess, FileNotFoundError, ProcessLookupError):
+        return []
+
+print(json.dumps([port for p in (driver, *driver.children(recursive=True)) for port in listening(p)]))
 ray.shutdown()
 """
 
