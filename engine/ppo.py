@@ -26,7 +26,8 @@ from engine.run_dir import SUMMARY, RunDir
 from engine.storage import exists, join, read_json, write_json_atomic
 
 # The rollout and training figures a round's summary shows, in this order.
-ROLLOUT_KEYS = ("instructions", "rejected", "rollouts", "answer_tokens", "mean_token_reward", "wall_seconds")
+ROLLOUT_KEYS = ("instructions", "instructions_rejected", "rollouts", "answer_tokens", "mean_token_reward",
+                "wall_seconds")
 TRAIN_KEYS = ("objective/scores", "objective/kl", "policy/clipfrac", "policy/approxkl", "val/clipfrac",
               "val/vpred", "loss/policy_avg", "loss/value_avg")
 
