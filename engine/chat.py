@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from transformers import BatchFeature, PreTrainedTokenizerBase
+from transformers import (AutoModelForCausalLM, AutoModelForImageTextToText, BatchFeature, PreTrainedModel,
+                          PreTrainedTokenizerBase)
 from transformers.processing_utils import ProcessorMixin
 
 from engine.schemas import assistant_turn, user_turn
@@ -29,6 +30,13 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 def is_multimodal(processor: Any) -> bool:
     return isinstance(processor, ProcessorMixin)
+
+
+def load_model(model_dir: str, processor: Any, dtype: torch.dtype) -> PreTrainedModel:
+    """model_dir's weights in the transformers class its processor implies: an image-text model
+    for an MLLM's processor, a causal LM for a text model's tokenizer."""
+    model_class = AutoModelForImageTextToText if is_multimodal(processor) else AutoModelForCausalLM
+    return model_class.from_pretrained(model_dir, dtype=dtype)
 
 
 def tokenizer_of(processor: Any) -> PreTrainedTokenizerBase:

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AutoProcessor, PreTrainedModel
 
 from engine import chat
 from engine.reward_layout import HEAD_FILE, VLLM_HEAD_PREFIXES
@@ -86,8 +86,7 @@ def load_reward_model(model_dir: str, dtype: torch.dtype = torch.float32,
     if not (Path(model_dir) / HEAD_FILE).exists():
         raise FileNotFoundError(f"{model_dir} has no {HEAD_FILE}: it is not a reward model jobs/train_rm.py exported")
     processor = AutoProcessor.from_pretrained(model_dir)
-    model_class = AutoModelForImageTextToText if chat.is_multimodal(processor) else AutoModelForCausalLM
-    backbone = model_class.from_pretrained(model_dir, dtype=dtype)
+    backbone = chat.load_model(model_dir, processor, dtype)
     return with_reward_head(backbone, model_dir, seed=0).to(device).eval(), processor
 
 

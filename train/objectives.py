@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.utils.rnn import pad_sequence
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
 from engine import chat
 from engine.config import Config, PpoConfig, TrainConfig
@@ -220,11 +219,6 @@ class RewardModelObjective(Objective):
         return f"token accuracy {metrics['token_accuracy']:.3f}"
 
 
-def _load_model(model_dir: str, processor: Any, dtype: torch.dtype):
-    model_class = AutoModelForImageTextToText if chat.is_multimodal(processor) else AutoModelForCausalLM
-    return model_class.from_pretrained(model_dir, dtype=dtype)
-
-
 class PolicyAndCritic(torch.nn.Module):
     """PPO's trained module, as TRL's PolicyAndValueWrapper: the policy and the critic side by
     side, so that one DeepSpeed engine (one optimizer, one checkpoint, one ZeRO partitioning)
@@ -290,7 +284,7 @@ class PpoObjective(Objective):
         return self.ppo.epochs
 
     def trained_model(self, model, init_dir: str) -> PolicyAndCritic:
-        backbone = _load_model(self.critic_dir, self.processor, torch.float32)
+        backbone = chat.load_model(self.critic_dir, self.processor, torch.float32)
         if self.train_cfg.gradient_checkpointing:
             backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         backbone.config.use_cache = False
@@ -309,7 +303,7 @@ class PpoObjective(Objective):
         between ranks; then the round's advantages and returns, from all of them at once
         (whitening normalises over the round's tokens). The reference is a plain model in
         eval mode, loaded for this and freed after: it is never trained."""
-        reference = _load_model(self.reference_dir, self.processor, self.float_dtype).to(self.device).eval()
+        reference = chat.load_model(self.reference_dir, self.processor, self.float_dtype).to(self.device).eval()
         mine: dict[str, list[list[float]]] = {}
         ds_engine.eval()
         with torch.no_grad():

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 import xgrammar
 from PIL import Image
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, Cache, PreTrainedModel
+from transformers import AutoProcessor, Cache, PreTrainedModel
 
 from engine import chat
 from engine.config import ModelConfig
@@ -106,9 +106,8 @@ class HFBackend:
         self.processor = AutoProcessor.from_pretrained(path)
         self.tokenizer = chat.tokenizer_of(self.processor)
         if model is None:
-            model_class = AutoModelForImageTextToText if chat.is_multimodal(self.processor) else AutoModelForCausalLM
             device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-            model = model_class.from_pretrained(path, dtype=getattr(torch, model_cfg.dtype)).to(device)
+            model = chat.load_model(path, self.processor, getattr(torch, model_cfg.dtype)).to(device)
         self.device = model.device
         self.model = model.eval()
         self.max_model_len = model_cfg.max_model_len
