@@ -580,15 +580,14 @@ def with_absolute_model_dirs(config: Config) -> Config:
     """`config` with every model path that names a local directory made absolute (the models'
     and [ppo]'s reference and critic): Ray Train's workers run in a directory of their own,
     where a relative models/toy-policy would be taken for a hub id."""
-    def absolute(path: str) -> str:
-        return str(Path(path).resolve()) if path and Path(path).is_dir() else path
+    from engine.storage import absolute_if_dir
 
     models = msgspec.structs.replace(config.models, **{
-        role: msgspec.structs.replace(model, path=absolute(model.path))
+        role: msgspec.structs.replace(model, path=absolute_if_dir(model.path))
         for role in ("policy", "labeler", "splitter", "reward_model")
         for model in (getattr(config.models, role),)})
-    ppo = msgspec.structs.replace(config.ppo, reference=absolute(config.ppo.reference),
-                                  critic=absolute(config.ppo.critic))
+    ppo = msgspec.structs.replace(config.ppo, reference=absolute_if_dir(config.ppo.reference),
+                                  critic=absolute_if_dir(config.ppo.critic))
     return msgspec.structs.replace(config, models=models, ppo=ppo)
 
 

@@ -27,6 +27,12 @@ def absolute(url: str) -> str:
     return url if "://" in url else str(Path(url).resolve())
 
 
+def absolute_if_dir(path: str) -> str:
+    """A path naming a local directory made absolute; anything else (a hub id, tiny:<name>, a
+    URL, "") as it is."""
+    return str(Path(path).resolve()) if path and Path(path).is_dir() else path
+
+
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 

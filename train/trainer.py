@@ -30,7 +30,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +49,7 @@ from engine.config import Config, TrainConfig, with_absolute_model_dirs
 from engine.metrics import record_train_step
 from engine.progress import format_seconds
 from engine.ray_runtime import init_ray
-from engine.storage import absolute, exists, filesystem, join, read_json, write_json_atomic
+from engine.storage import absolute, absolute_if_dir, exists, filesystem, join, read_json, write_json_atomic
 from engine.tiny_models import resolve_model_path
 from train.data import BatchPlan, read_pair_dataset, rows_of
 from train.export import CRITIC_DIR, MODEL_DIR, is_local
@@ -168,8 +167,7 @@ def _fit(cfg: Config, objective: str, dataset, init_model: str, out_dir: str, re
         return finished
     started = time.perf_counter()
     cfg, train_cfg = with_absolute_model_dirs(cfg), cfg.train
-    if Path(init_model).is_dir():  # a local directory, not a hub id or tiny: name
-        init_model = absolute(init_model)
+    init_model = absolute_if_dir(init_model)
     init_ray(cfg.ray)
     datasets = {DATASET_KEY: dataset()}
     if heldout is not None:
